@@ -1,0 +1,51 @@
+"""Alembic environment: runs migrations through asyncpg under an advisory lock.
+
+The lock makes ``changefeed migrate`` safe when several replicas or jobs run it at once:
+the first applies the migrations, the others wait and then find nothing to do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+from alembic import context
+from sqlalchemy import Connection, pool, text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from service import schema
+
+config = context.config
+
+
+def _run(connection: Connection) -> None:
+    context.configure(
+        connection=connection,
+        target_metadata=schema.metadata,
+        version_table_schema=schema.SCHEMA,
+        include_schemas=True,
+        include_name=lambda name, type_, _parent: type_ != "schema" or name == schema.SCHEMA,
+    )
+    with context.begin_transaction():
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": schema.MIGRATE_LOCK})
+        connection.execute(text(f"CREATE SCHEMA IF NOT EXISTS {schema.SCHEMA}"))
+        context.run_migrations()
+
+
+async def _main() -> None:
+    url: str = config.attributes["database_url"]
+    engine = create_async_engine(
+        "postgresql+asyncpg://",
+        async_creator=lambda: asyncpg.connect(url),
+        poolclass=pool.NullPool,
+    )
+    try:
+        async with engine.connect() as connection:
+            await connection.run_sync(_run)
+    finally:
+        await engine.dispose()
+
+
+if context.is_offline_mode():
+    raise SystemExit("changefeed migrations run online only: use `changefeed migrate`")
+asyncio.run(_main())

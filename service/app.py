@@ -1,0 +1,62 @@
+"""The Litestar application: routes, error handling, and the replica's runtime."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import structlog
+from litestar import Litestar, Request
+from litestar.openapi import OpenAPIConfig
+from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsPlugin
+
+from service import __version__, health, problems
+from service.feeds import FeedController
+from service.runtime import Runtime
+from service.settings import Settings
+
+
+def create_app(
+    settings: Settings,
+    database_url: str,
+    on_started: Callable[[Runtime], None] | None = None,
+) -> Litestar:
+    """The app for one replica serving ``database_url``."""
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        runtime = await Runtime.start(settings, database_url)
+        app.state.runtime = runtime
+        if on_started is not None:
+            on_started(runtime)
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    return Litestar(
+        route_handlers=[FeedController, health.healthz, health.readyz, health.metrics],
+        lifespan=[lifespan],
+        before_request=_bind_request_context,
+        exception_handlers=problems.handlers(),
+        plugins=[ProblemDetailsPlugin(ProblemDetailsConfig(enable_for_all_http_exceptions=True))],
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(
+            title="changefeed",
+            version=__version__,
+            description="An exactly-resumable change feed over PostgreSQL, served as SSE.",
+        ),
+        logging_config=None,
+    )
+
+
+async def _bind_request_context(request: Request[Any, Any, Any]) -> None:
+    # Each request runs in its own task, so these stay with this request's log lines.
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(
+        request_id=request.headers.get("x-request-id") or uuid.uuid4().hex[:16],
+        method=request.method,
+        path=request.url.path,
+    )

@@ -1,0 +1,213 @@
+"""A private PostgreSQL cluster in a directory: the embedded default and the tests' database.
+
+It uses the server binaries it finds: ``PATH``, then Debian's ``/usr/lib/postgresql/*/bin``,
+then the ``pgserver`` wheel (``pip install 'changefeed[embedded]'``), which bundles them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+
+SUPERUSER = "changefeed"
+DATABASE = "changefeed"
+# Unix socket paths are limited to 107 bytes; leave room for "/.s.PGSQL.NNNNN".
+_MAX_SOCKET_DIR = 80
+
+
+class ClusterError(RuntimeError):
+    """The cluster could not be created, started or stopped."""
+
+
+def find_bin_dir() -> Path:
+    """The directory holding ``initdb``, ``pg_ctl`` and ``postgres``."""
+    candidates: list[Path] = []
+    on_path = shutil.which("pg_ctl")
+    if on_path:
+        candidates.append(Path(on_path).resolve().parent)
+    debian = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin"),
+        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+        reverse=True,
+    )
+    candidates.extend(debian)
+    spec = importlib.util.find_spec("pgserver")
+    if spec and spec.origin:
+        candidates.append(Path(spec.origin).parent / "pginstall" / "bin")
+    for directory in candidates:
+        if all((directory / name).exists() for name in ("initdb", "pg_ctl", "postgres")):
+            return directory
+    raise ClusterError(
+        "no PostgreSQL server binaries found (looked on PATH, in /usr/lib/postgresql/*/bin and "
+        "for the pgserver wheel): install the 'postgresql' package, or "
+        "pip install 'changefeed[embedded]', or set CHANGEFEED_DATABASE_URL"
+    )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Cluster:
+    """One PostgreSQL data directory and the server running on it.
+
+    ``tcp_port`` set: the server also listens on 127.0.0.1 at that port (tests do this so
+    that they can cut and restart connections); otherwise it is reachable only through its
+    unix socket.
+    """
+
+    def __init__(
+        self, data_dir: Path, *, tcp_port: int | None = None, durable: bool = True
+    ) -> None:
+        self.data_dir = data_dir.resolve()
+        self.pgdata = self.data_dir / "pgdata"
+        self.tcp_port = tcp_port
+        self.port = tcp_port or 5432
+        self.durable = durable
+        self.bin_dir = find_bin_dir()
+        # postgres refuses to run as root: run it as an unprivileged user then.
+        self.run_as = _unprivileged_user() if os.geteuid() == 0 else None
+        self.socket_dir = self._choose_socket_dir()
+
+    @property
+    def url(self) -> str:
+        """An asyncpg/libpq URL for the ``changefeed`` database."""
+        return self.url_for(DATABASE)
+
+    def url_for(self, database: str) -> str:
+        """The same server, another database."""
+        if self.tcp_port:
+            return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
+        return f"postgresql://{SUPERUSER}@/{database}?host={self.socket_dir}&port={self.port}"
+
+    def ensure(self) -> None:
+        """Create the cluster on first use, start it, and make sure its database exists."""
+        if not (self.pgdata / "PG_VERSION").exists():
+            self._initdb()
+        if not self.is_running():
+            self.start()
+        self._psql(f"CREATE DATABASE {DATABASE}", allow_error="already exists")
+
+    def start(self) -> None:
+        """Start the server and wait until it accepts connections."""
+        options = [
+            f"-p {self.port}",
+            f"-k {self.socket_dir}",
+            f"-c listen_addresses={'127.0.0.1' if self.tcp_port else chr(39) * 2}",
+        ]
+        if not self.durable:
+            # Throwaway test clusters: a crashed *process* loses nothing with fsync off
+            # (the OS still has the pages); only a machine crash would.
+            options += ["-c fsync=off", "-c full_page_writes=off"]
+        self._run(
+            "pg_ctl", "start", "-w", "-t", "60", "-D", str(self.pgdata),
+            "-l", str(self.data_dir / "postgresql.log"), "-o", " ".join(options),
+        )  # fmt: skip
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server (``smart``, ``fast`` or ``immediate``)."""
+        if self.is_running():
+            self._run("pg_ctl", "stop", "-w", "-t", "60", "-m", mode, "-D", str(self.pgdata))
+
+    def restart(self, mode: str = "fast") -> None:
+        self.stop(mode)
+        self.start()
+
+    def is_running(self) -> bool:
+        result = subprocess.run(
+            [str(self.bin_dir / "pg_ctl"), "status", "-D", str(self.pgdata)],
+            capture_output=True,
+            user=self.run_as,
+            check=False,
+        )
+        return result.returncode == 0
+
+    def destroy(self) -> None:
+        """Stop the server and delete the data directory."""
+        self.stop("immediate")
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def _initdb(self) -> None:
+        self.pgdata.mkdir(parents=True, exist_ok=True)
+        self._grant(self.data_dir)
+        self._grant(self.pgdata)
+        os.chmod(self.pgdata, 0o700)
+        self._run(
+            "initdb", "-D", str(self.pgdata), "-U", SUPERUSER, "--auth=trust",
+            "--encoding=UTF8", "--locale=C", "--no-instructions",
+        )  # fmt: skip
+
+    def _choose_socket_dir(self) -> Path:
+        if len(str(self.data_dir)) <= _MAX_SOCKET_DIR:
+            return self.data_dir
+        directory = Path(tempfile.mkdtemp(prefix="changefeed-pg-"))
+        self._grant(directory)
+        return directory
+
+    def _grant(self, path: Path) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        if self.run_as is None:
+            return
+        entry = pwd.getpwnam(self.run_as)
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+        # The server's user must be able to reach its data directory.
+        for parent in path.parents:
+            mode = parent.stat().st_mode
+            if not mode & 0o001:
+                raise ClusterError(
+                    f"{parent} is not traversable by the '{self.run_as}' user that PostgreSQL "
+                    "runs as under root; set CHANGEFEED_DATA_DIR to a path outside it"
+                )
+
+    def _psql(self, sql: str, *, allow_error: str = "") -> None:
+        # asyncpg rather than psql: the pgserver route has no client package on the machine.
+        import asyncio
+
+        import asyncpg
+
+        async def run() -> None:
+            conn = await asyncpg.connect(self.url_for("postgres"))
+            try:
+                await conn.execute(sql)
+            except asyncpg.PostgresError as exc:
+                if not allow_error or allow_error not in str(exc):
+                    raise
+            finally:
+                await conn.close()
+
+        asyncio.run(run())
+
+    def _run(self, program: str, *args: str) -> None:
+        result = subprocess.run(
+            [str(self.bin_dir / program), *args],
+            capture_output=True,
+            text=True,
+            user=self.run_as,
+            cwd="/",
+            check=False,
+        )
+        if result.returncode != 0:
+            raise ClusterError(
+                f"{program} {args[0]} failed ({result.returncode}): "
+                f"{(result.stderr or result.stdout).strip()}"
+            )
+
+
+def _unprivileged_user() -> str:
+    for name in ("postgres", "nobody"):
+        try:
+            pwd.getpwnam(name)
+            return name
+        except KeyError:
+            continue
+    raise ClusterError("running as root and found no 'postgres' or 'nobody' user to run PostgreSQL")

@@ -1,0 +1,275 @@
+"""Replica fan-out: one table read per changed topic, the same bytes to every subscriber.
+
+The hub keeps a ``Feed`` per topic that has subscribers on this replica. When a notification
+says a topic moved (or a periodic check finds it did), the hub reads the new events once,
+encodes them once, and offers that one ``Batch`` to each subscriber's bounded queue.
+Notifications are hints: the feed only reads what the table holds after its own position.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import asyncpg
+
+from service import events, frames, logs, metrics
+from service.database import UNAVAILABLE
+
+log = logs.get(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Consecutive events of one topic, ``first``..``last``, already encoded as SSE frames."""
+
+    first: int
+    last: int
+    data: bytes
+
+
+class Subscription:
+    """One stream's place in the fan-out: a bounded queue of batches and a wake-up."""
+
+    __slots__ = ("_batches", "_bytes", "_event", "_limit", "closed", "feed", "keepalive_due",
+                 "overflowed")  # fmt: skip
+
+    def __init__(self, feed: Feed, limit: int) -> None:
+        self.feed = feed
+        self._limit = limit
+        self._batches: deque[Batch] = deque()
+        self._bytes = 0
+        self._event = asyncio.Event()
+        self.overflowed = False
+        self.keepalive_due = False
+        self.closed = False
+
+    def offer(self, batch: Batch) -> None:
+        """Queue a batch; past the limit drop everything queued and flag the overflow."""
+        if not self.overflowed:
+            if self._bytes + len(batch.data) > self._limit:
+                # The stream will page from the table from its last delivered seq instead.
+                self._batches.clear()
+                self._bytes = 0
+                self.overflowed = True
+                metrics.fallbacks.inc()
+            else:
+                self._batches.append(batch)
+                self._bytes += len(batch.data)
+        self._event.set()
+
+    def take(self) -> tuple[list[Batch], bool]:
+        """Everything queued so far, and whether batches were dropped since the last take."""
+        self._event.clear()
+        batches = list(self._batches)
+        overflowed = self.overflowed
+        self._batches.clear()
+        self._bytes = 0
+        self.overflowed = False
+        return batches, overflowed
+
+    async def wait(self) -> None:
+        """Until a batch, a keep-alive tick or the hub's shutdown."""
+        await self._event.wait()
+
+    def poke(self) -> None:
+        self._event.set()
+
+
+class Feed:
+    """One topic fanned out by this replica."""
+
+    __slots__ = ("fetched", "known", "subscribers", "topic")
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+        self.subscribers: set[Subscription] = set()
+        # The last seq read from the table and offered; None until the first head read.
+        self.fetched: int | None = None
+        # The highest head any hint or check reported.
+        self.known = 0
+
+
+class Hub:
+    """All feeds of this replica, the task that refreshes them and the keep-alive ticker."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        page_size: int,
+        buffer_bytes: int,
+        keepalive_seconds: float,
+        recheck_seconds: float,
+    ) -> None:
+        self._pool = pool
+        self._page_size = page_size
+        self._buffer_bytes = buffer_bytes
+        self._keepalive_seconds = keepalive_seconds
+        self._recheck_seconds = recheck_seconds
+        self._feeds: dict[str, Feed] = {}
+        self._dirty: set[str] = set()
+        self._recheck = False
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.closed = False
+
+    # -- subscriptions -------------------------------------------------------------------
+
+    def subscribe(self, topic: str) -> Subscription:
+        """Register a subscriber before its first head read, so that no hint is missed."""
+        feed = self._feeds.get(topic)
+        if feed is None:
+            feed = self._feeds[topic] = Feed(topic)
+            metrics.feeds.inc()
+        sub = Subscription(feed, self._buffer_bytes)
+        feed.subscribers.add(sub)
+        metrics.subscriptions.inc()
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        """Forget a subscriber; the last one out drops the topic's feed."""
+        feed = sub.feed
+        if sub in feed.subscribers:
+            feed.subscribers.discard(sub)
+            metrics.subscriptions.dec()
+        if not feed.subscribers and self._feeds.get(feed.topic) is feed:
+            del self._feeds[feed.topic]
+            self._dirty.discard(feed.topic)
+            metrics.feeds.dec()
+
+    def observe_head(self, feed: Feed, head: int) -> None:
+        """A head read from the table: starts a new feed there, or tells an old one to catch up."""
+        if feed.fetched is None:
+            feed.fetched = head
+        self._raise_known(feed, head)
+
+    # -- hints ---------------------------------------------------------------------------
+
+    def on_hint(self, payload: str) -> None:
+        """A sequencer notification: ``{"position": p, "topics": {topic: head}}``."""
+        try:
+            topics = json.loads(payload).get("topics")
+        except (ValueError, AttributeError):
+            topics = None
+        if not isinstance(topics, dict):
+            # Too many topics for one notification (or a foreign payload): check them all.
+            self.recheck()
+            return
+        for topic, head in topics.items():
+            feed = self._feeds.get(topic)
+            if feed is not None and isinstance(head, int):
+                self._raise_known(feed, head)
+
+    def recheck(self) -> None:
+        """Re-read every fed topic's head: after a reconnect, when hints may have been lost."""
+        self._recheck = True
+        self._wake.set()
+
+    def _raise_known(self, feed: Feed, head: int) -> None:
+        if head > feed.known:
+            feed.known = head
+        if feed.fetched is not None and feed.known > feed.fetched:
+            self._dirty.add(feed.topic)
+            self._wake.set()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._refresh_loop(), name="hub-refresh"),
+            asyncio.create_task(self._keepalive_loop(), name="hub-keepalive"),
+            asyncio.create_task(self._recheck_loop(), name="hub-recheck"),
+        ]
+
+    def drain(self) -> None:
+        """Refuse new streams and end open ones cleanly, so that clients reconnect elsewhere."""
+        self.closed = True
+        for feed in list(self._feeds.values()):
+            for sub in list(feed.subscribers):
+                sub.closed = True
+                sub.poke()
+
+    async def close(self) -> None:
+        """Drain, then stop the hub's tasks."""
+        self.drain()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    @property
+    def subscriber_count(self) -> int:
+        return sum(len(feed.subscribers) for feed in self._feeds.values())
+
+    # -- tasks ---------------------------------------------------------------------------
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                if self._recheck:
+                    self._recheck = False
+                    await self._check_heads()
+                dirty = [self._feeds[t] for t in self._dirty if t in self._feeds]
+                self._dirty.clear()
+                results = await asyncio.gather(
+                    *(self._fetch(feed) for feed in dirty), return_exceptions=True
+                )
+                for result in results:
+                    if isinstance(result, BaseException):
+                        raise result
+            except Exception as exc:
+                # Streams keep their place; a re-check after a pause retries everything.
+                if isinstance(exc, UNAVAILABLE):
+                    log.warning("hub.refresh_failed", error=str(exc))
+                else:
+                    log.exception("hub.refresh_failed")
+                self._recheck = True
+                await asyncio.sleep(0.5)
+                self._wake.set()
+
+    async def _check_heads(self) -> None:
+        topics = [t for t, feed in self._feeds.items() if feed.fetched is not None]
+        if not topics:
+            return
+        for topic, head in (await events.heads(self._pool, topics)).items():
+            feed = self._feeds.get(topic)
+            if feed is not None:
+                self._raise_known(feed, head)
+
+    async def _fetch(self, feed: Feed) -> None:
+        while feed.subscribers and feed.fetched is not None and feed.known > feed.fetched:
+            rows = await events.page(self._pool, feed.topic, feed.fetched, self._page_size)
+            if not rows:
+                feed.known = feed.fetched
+                return
+            batch = Batch(rows[0]["seq"], rows[-1]["seq"], frames.encode(rows))
+            feed.fetched = batch.last
+            if feed.known < feed.fetched:
+                feed.known = feed.fetched
+            for sub in feed.subscribers:
+                sub.offer(batch)
+            now = time.time()
+            for row in rows:
+                metrics.delivery_latency.observe(max(0.0, now - row["published_at"].timestamp()))
+
+    async def _keepalive_loop(self) -> None:
+        # One shared ticker rather than a timer per stream: idle streams cost nothing.
+        while True:
+            await asyncio.sleep(self._keepalive_seconds)
+            for feed in list(self._feeds.values()):
+                for sub in feed.subscribers:
+                    sub.keepalive_due = True
+                    sub.poke()
+
+    async def _recheck_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._recheck_seconds)
+            self.recheck()

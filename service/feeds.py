@@ -1,0 +1,128 @@
+"""HTTP handlers for ``/feeds``: publish, subscribe (SSE) and replay."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from litestar import Controller, Request, Response, get, post
+from litestar.datastructures import State
+from litestar.openapi import ResponseSpec
+from litestar.params import Parameter
+from litestar.response import Stream
+from litestar.status_codes import HTTP_202_ACCEPTED
+
+from service import inbox, metrics, publish, replay, stream
+from service.problems import unavailable
+from service.runtime import Runtime
+from service.topics import InvalidInput, check_topic, parse_seq
+
+SSE_HEADERS = {
+    "Cache-Control": "no-cache",
+    # nginx: do not buffer this response, whatever proxy_buffering says.
+    "X-Accel-Buffering": "no",
+}
+
+
+def _runtime(state: State) -> Runtime:
+    runtime: Runtime = state.runtime
+    return runtime
+
+
+class FeedController(Controller):
+    path = "/feeds"
+    tags = ["feeds"]
+
+    @post(
+        "/{topic:str}",
+        status_code=HTTP_202_ACCEPTED,
+        summary="Publish one event or a batch",
+        description=(
+            'Body: one event `{"type", "data", "id"}` or a JSON array of them, stored '
+            "atomically. `type` defaults to `message`; `data` is any JSON value; `id` is an "
+            "optional client-chosen id, unique per topic: an event whose id is already stored "
+            "is not stored again. A 202 means the events are durable."
+        ),
+        responses={
+            202: ResponseSpec(data_container=dict[str, int], description="Events are durable"),
+        },
+    )
+    async def publish_events(
+        self, topic: str, request: Request[Any, Any, Any], state: State
+    ) -> Response[dict[str, int]]:
+        runtime = _runtime(state)
+        check_topic(topic)
+        body = await request.body()
+        batch = publish.parse(
+            body,
+            max_event_bytes=runtime.settings.max_event_bytes,
+            max_batch_events=runtime.settings.max_batch_events,
+        )
+        await inbox.append(runtime.pool, topic, batch)
+        metrics.published.inc(len(batch))
+        runtime.sequencer.nudge()
+        return Response({"accepted": len(batch)}, status_code=HTTP_202_ACCEPTED)
+
+    @get(
+        "/{topic:str}",
+        summary="Subscribe (Server-Sent Events)",
+        description=(
+            "A `text/event-stream`. Each event is a frame with `id: <seq>`, `event: <type>`, "
+            "`data: <JSON>`. Starts after the `Last-Event-ID` header if present, else after "
+            "`?after=<seq>`, else at the live tail. `after=0` replays the whole topic."
+        ),
+        responses={
+            200: ResponseSpec(
+                data_container=str, media_type="text/event-stream", description="The event stream"
+            )
+        },
+    )
+    async def subscribe(
+        self,
+        topic: str,
+        state: State,
+        last_event_id: Annotated[str | None, Parameter(header="Last-Event-ID")] = None,
+        after: Annotated[
+            str | None, Parameter(query="after", description="Start after this seq")
+        ] = None,
+    ) -> Stream:
+        runtime = _runtime(state)
+        check_topic(topic)
+        if last_event_id is not None and last_event_id.strip():
+            start: int | None = parse_seq(last_event_id, "Last-Event-ID")
+        elif after is not None:
+            start = parse_seq(after, "after")
+        else:
+            start = None
+        if runtime.hub.closed:
+            raise unavailable("this replica is shutting down; reconnect")
+        frames = await stream.open_stream(
+            runtime.hub,
+            runtime.pool,
+            topic,
+            start,
+            page_size=runtime.settings.max_page_events,
+            retry_milliseconds=runtime.settings.retry_milliseconds,
+        )
+        return Stream(frames, media_type="text/event-stream", headers=SSE_HEADERS)
+
+    @get(
+        "/{topic:str}/events",
+        summary="Replay a page of stored events (JSON)",
+        responses={200: ResponseSpec(data_container=replay.ReplayPageDoc, description="A page")},
+    )
+    async def replay_events(
+        self,
+        topic: str,
+        state: State,
+        after: Annotated[str, Parameter(query="after", description="Events after this seq")] = "0",
+        limit: Annotated[str | None, Parameter(query="limit", description="Page size")] = None,
+    ) -> Response[bytes]:
+        runtime = _runtime(state)
+        check_topic(topic)
+        start = parse_seq(after, "after")
+        maximum = runtime.settings.max_page_events
+        size = parse_seq(limit, "limit") if limit is not None else min(100, maximum)
+        if not 1 <= size <= maximum:
+            raise InvalidInput(f"limit must be between 1 and {maximum}")
+        body = await replay.read_page(runtime.pool, topic, start, size)
+        return Response(body, media_type="application/json")

@@ -1,0 +1,27 @@
+"""Prometheus metrics of one replica, served at ``/metrics``."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+open_streams = Gauge("changefeed_open_streams", "SSE streams open on this replica")
+subscriptions = Gauge(
+    "changefeed_subscriptions", "Fan-out registrations (one per open stream, while it lives)"
+)
+feeds = Gauge("changefeed_topic_feeds", "Topics this replica fans out (topics with subscribers)")
+published = Counter("changefeed_events_published", "Events accepted by this replica's publish API")
+sequenced = Counter("changefeed_events_sequenced", "Events numbered by this replica's sequencer")
+delivered = Counter("changefeed_events_delivered", "Event frames written to subscribers")
+fallbacks = Counter(
+    "changefeed_slow_consumer_fallbacks",
+    "Times a subscriber's buffer overflowed and it fell back to paging from the table",
+)
+listener_connects = Counter(
+    "changefeed_listener_connects", "Times the LISTEN connection was (re)established"
+)
+is_sequencer = Gauge("changefeed_is_sequencer", "1 while this replica holds the sequencer role")
+delivery_latency = Histogram(
+    "changefeed_delivery_latency_seconds",
+    "From publish to this replica's fan-out reading the event",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)

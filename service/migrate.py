@@ -1,0 +1,51 @@
+"""Apply the Alembic migrations in ``migrations/`` to a database."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import asyncpg
+from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+
+from service.schema import SCHEMA
+
+
+def migrations_dir() -> Path:
+    """``migrations/`` beside the package (source checkout) or inside it (installed wheel)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "migrations", here.parent / "migrations"):
+        if (candidate / "env.py").exists():
+            return candidate
+    raise FileNotFoundError("the changefeed migrations directory is missing from this install")
+
+
+def _config(database_url: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    config.attributes["database_url"] = database_url
+    return config
+
+
+def upgrade(database_url: str) -> None:
+    """Bring the schema to the newest revision; a no-op when it is already there."""
+    command.upgrade(_config(database_url), "head")
+
+
+def head_revision() -> str:
+    """The newest revision this code knows."""
+    head = ScriptDirectory.from_config(_config("")).get_current_head()
+    assert head is not None
+    return head
+
+
+async def current_revision(
+    conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
+) -> str | None:
+    """The revision the database is at, or None before the first migration."""
+    exists = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", f"{SCHEMA}.alembic_version")
+    if not exists:
+        return None
+    revision: str | None = await conn.fetchval(f"SELECT version_num FROM {SCHEMA}.alembic_version")
+    return revision

@@ -1,0 +1,84 @@
+"""Errors as RFC 9457 problem details (``application/problem+json``), never a bare 500."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+from litestar import Request, Response
+from litestar.plugins.problem_details import ProblemDetailsException
+from litestar.types import ExceptionHandlersMap
+
+from service import logs
+from service.database import UNAVAILABLE
+from service.events import AfterHead
+from service.topics import InvalidInput
+
+log = logs.get(__name__)
+
+
+def problem(
+    status: int,
+    kind: str,
+    title: str,
+    detail: str,
+    *,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> ProblemDetailsException:
+    """A problem with a stable ``type`` (``urn:changefeed:problem:<kind>``)."""
+    return ProblemDetailsException(
+        status_code=status,
+        type_=f"urn:changefeed:problem:{kind}",
+        title=title,
+        detail=detail,
+        headers=headers,
+        extra=extra or None,
+    )
+
+
+def unavailable(detail: str) -> ProblemDetailsException:
+    return problem(503, "unavailable", "Service unavailable", detail, headers={"Retry-After": "1"})
+
+
+def _invalid_input(request: Request[Any, Any, Any], exc: InvalidInput) -> Response[Any]:
+    return problem(400, "invalid-input", "Invalid input", str(exc)).to_response(request)
+
+
+def _after_head(request: Request[Any, Any, Any], exc: AfterHead) -> Response[Any]:
+    return problem(
+        409,
+        "after-head",
+        "Starting point beyond the topic's head",
+        f"seq {exc.after} is beyond the topic's head ({exc.head}): no such event was ever sent",
+        head=exc.head,
+    ).to_response(request)
+
+
+def _data_error(request: Request[Any, Any, Any], exc: asyncpg.DataError) -> Response[Any]:
+    # PostgreSQL refused a value the JSON parser let through (e.g. \u0000 in a string).
+    return problem(400, "invalid-input", "Invalid input", exc.args[0] if exc.args else str(exc)
+                   ).to_response(request)  # fmt: skip
+
+
+def _unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    log.warning("database.unavailable", error=str(exc), path=request.url.path)
+    return unavailable("the database is unreachable; retry shortly").to_response(request)
+
+
+def _internal(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    log.exception("request.failed", path=request.url.path)
+    return problem(500, "internal", "Internal error", "see the service log").to_response(request)
+
+
+def handlers() -> ExceptionHandlersMap:
+    """Exception handlers for the app (HTTP errors are mapped by ProblemDetailsPlugin)."""
+    mapping: ExceptionHandlersMap = {
+        InvalidInput: _invalid_input,
+        AfterHead: _after_head,
+        asyncpg.DataError: _data_error,
+    }
+    for exc_type in UNAVAILABLE:
+        mapping[exc_type] = _unavailable
+    mapping[Exception] = _internal
+    return mapping

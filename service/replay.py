@@ -1,0 +1,77 @@
+"""Replay for audit: a topic's stored events as JSON pages."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote
+
+import msgspec
+
+from service import events
+from service.events import AfterHead, Executor
+
+
+class ReplayEvent(msgspec.Struct):
+    """One stored event. ``id`` is the client-chosen id, if any."""
+
+    seq: int
+    type: str
+    # The stored JSON, passed through without decoding.
+    data: msgspec.Raw
+    time: datetime
+    id: str | None
+
+
+class ReplayPage(msgspec.Struct):
+    """Events after ``after``, the topic's head when read, and the URL of the next page."""
+
+    topic: str
+    after: int
+    head: int
+    events: list[ReplayEvent]
+    next: str
+
+
+class ReplayPageDoc(msgspec.Struct):
+    """ReplayPage as the OpenAPI schema shows it (``data`` is any JSON value)."""
+
+    topic: str
+    after: int
+    head: int
+    events: list[dict[str, Any]]
+    next: str
+
+
+_encoder = msgspec.json.Encoder()
+
+
+async def read_page(db: Executor, topic: str, after: int, limit: int) -> bytes:
+    """A page as JSON bytes; AfterHead when ``after`` is past the head.
+
+    ``next`` is always given: at the head it returns no events until more are published,
+    so an auditor can follow a topic by polling it.
+    """
+    head = await events.head(db, topic)
+    if after > head:
+        raise AfterHead(after, head)
+    rows = await events.page(db, topic, after, limit) if after < head else []
+    last = rows[-1]["seq"] if rows else after
+    head = max(head, last)
+    page = ReplayPage(
+        topic=topic,
+        after=after,
+        head=head,
+        events=[
+            ReplayEvent(
+                seq=r["seq"],
+                type=r["type"],
+                data=msgspec.Raw(r["data"].encode()),
+                time=r["time"],
+                id=r["event_id"],
+            )
+            for r in rows
+        ],
+        next=f"/feeds/{quote(topic)}/events?after={last}&limit={limit}",
+    )
+    return _encoder.encode(page)

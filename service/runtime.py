@@ -1,0 +1,87 @@
+"""What one replica runs beside its HTTP handlers, started and stopped together."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+
+from service import database, logs, migrate
+from service.fanout import Hub
+from service.listener import Listener
+from service.schema import EVENTS_CHANNEL, WAKE_CHANNEL
+from service.sequencer import Sequencer
+from service.settings import Settings
+
+log = logs.get(__name__)
+
+
+class SchemaNotReady(RuntimeError):
+    """The database has not been migrated to this code's revision."""
+
+
+@dataclass
+class Runtime:
+    """The pool, the fan-out hub, the sequencer loop and the LISTEN connection."""
+
+    settings: Settings
+    url: str
+    pool: asyncpg.Pool
+    hub: Hub
+    sequencer: Sequencer
+    listener: Listener
+
+    @classmethod
+    async def start(cls, settings: Settings, url: str) -> Runtime:
+        pool = await database.create_pool(
+            url, min_size=settings.pool_min_size, max_size=settings.pool_max_size
+        )
+        try:
+            await _check_schema(pool)
+        except BaseException:
+            await pool.close()
+            raise
+        hub = Hub(
+            pool,
+            page_size=settings.max_page_events,
+            buffer_bytes=settings.subscriber_buffer_bytes,
+            keepalive_seconds=settings.keepalive_seconds,
+            recheck_seconds=settings.recheck_seconds,
+        )
+        sequencer = Sequencer(
+            url,
+            pool,
+            batch_size=settings.sequencer_batch_size,
+            poll_seconds=settings.sequencer_poll_seconds,
+            election_seconds=settings.election_seconds,
+        )
+        listener = Listener(
+            url,
+            {EVENTS_CHANNEL: hub.on_hint, WAKE_CHANNEL: lambda _payload: sequencer.wake()},
+            on_connect=hub.recheck,
+        )
+        hub.start()
+        listener.start()
+        sequencer.start()
+        return cls(settings, url, pool, hub, sequencer, listener)
+
+    def drain(self) -> None:
+        """Shutting down: refuse new streams and end open ones so clients reconnect elsewhere."""
+        self.hub.drain()
+
+    async def stop(self) -> None:
+        await self.hub.close()
+        await self.listener.stop()
+        await self.sequencer.stop()
+        await self.pool.close()
+
+
+async def _check_schema(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        current = await migrate.current_revision(conn)
+    expected = migrate.head_revision()
+    if current != expected:
+        raise SchemaNotReady(
+            f"database schema is at revision {current or 'none'}, this code needs {expected}: "
+            "run `changefeed migrate` (or `changefeed serve --migrate`)"
+        )

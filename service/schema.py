@@ -1,0 +1,84 @@
+"""The database schema as SQLAlchemy Core metadata; the migrations create exactly this.
+
+The path of an event through these tables:
+``inbox`` (written by any publisher, unordered) -> the sequencer -> ``events`` (numbered),
+with ``topics`` holding each topic's head and ``sequencer`` the global position counter.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+
+SCHEMA = "changefeed"
+TOPIC_PATTERN = r"^[A-Za-z0-9._:-]{1,200}$"
+TYPE_PATTERN = r"^[^[:cntrl:]]{1,200}$"
+# pg_notify channels: sequenced batches (hints for replicas) and wake-ups for the sequencer.
+EVENTS_CHANNEL = "changefeed_events"
+WAKE_CHANNEL = "changefeed_wake"
+
+metadata = sa.MetaData(schema=SCHEMA)
+
+inbox = sa.Table(
+    "inbox",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(always=False), primary_key=True),
+    sa.Column("topic", sa.Text, nullable=False),
+    sa.Column("type", sa.Text, nullable=False),
+    sa.Column("data", JSONB, nullable=False),
+    sa.Column("event_id", sa.Text),
+    sa.Column(
+        "published_at",
+        sa.DateTime(timezone=True),
+        nullable=False,
+        server_default=sa.text("clock_timestamp()"),
+    ),
+    sa.CheckConstraint(f"topic ~ '{TOPIC_PATTERN}'", name="inbox_topic_format"),
+    sa.CheckConstraint(f"type ~ '{TYPE_PATTERN}'", name="inbox_type_format"),
+    sa.CheckConstraint("length(event_id) BETWEEN 1 AND 200", name="inbox_event_id_length"),
+)
+
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("topic", sa.Text, primary_key=True),
+    sa.Column("seq", sa.BigInteger, primary_key=True),
+    # Gapless across all topics, in sequencing order.
+    sa.Column("position", sa.BigInteger, nullable=False, unique=True),
+    sa.Column("type", sa.Text, nullable=False),
+    sa.Column("data", JSONB, nullable=False),
+    sa.Column("event_id", sa.Text),
+    # When the sequencer numbered it: non-decreasing along seq.
+    sa.Column("time", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("published_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index(
+        "events_topic_event_id",
+        "topic",
+        "event_id",
+        unique=True,
+        postgresql_where=sa.text("event_id IS NOT NULL"),
+    ),
+)
+
+topics = sa.Table(
+    "topics",
+    metadata,
+    sa.Column("topic", sa.Text, primary_key=True),
+    sa.Column("head", sa.BigInteger, nullable=False),
+)
+
+sequencer = sa.Table(
+    "sequencer",
+    metadata,
+    # A single row: the last global position handed out.
+    sa.Column("one", sa.Boolean, primary_key=True, server_default=sa.true()),
+    sa.Column("position", sa.BigInteger, nullable=False),
+    sa.CheckConstraint("one", name="sequencer_single_row"),
+)
+
+# Advisory lock keys (bigint). Applications sharing the database should not use these.
+MIGRATE_LOCK = 4_210_881_001
+# Taken by changefeed.sequence() for its transaction: numbering never interleaves.
+SEQUENCE_LOCK = 4_210_881_002
+# Held for its session by the replica elected to run the sequencer.
+ELECTION_LOCK = 4_210_881_003

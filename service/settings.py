@@ -1,0 +1,52 @@
+"""All configuration, read once from ``CHANGEFEED_*`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Typed settings; every field is ``CHANGEFEED_<FIELD>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="CHANGEFEED_", extra="ignore")
+
+    # Where the data lives. No URL means: run an embedded private cluster in data_dir.
+    database_url: str | None = None
+    data_dir: Path = Path(".changefeed")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+
+    # SSE behaviour.
+    keepalive_seconds: float = Field(15.0, gt=0)
+    retry_milliseconds: int = Field(3000, ge=0)
+
+    # Input limits.
+    max_event_bytes: int = Field(64 * 1024, gt=0)
+    max_batch_events: int = Field(1000, gt=0)
+    max_page_events: int = Field(1000, gt=0)
+    # A whole POST body, so a batch is bounded by count and by size.
+    max_body_bytes: int = Field(8 * 1024 * 1024, gt=0)
+
+    # Fan-out: a subscriber whose unsent frames exceed this falls back to paging from the table.
+    subscriber_buffer_bytes: int = Field(1024 * 1024, gt=0)
+
+    # Sequencer.
+    sequencer_batch_size: int = Field(1000, gt=0)
+    sequencer_poll_seconds: float = Field(0.1, gt=0)
+    election_seconds: float = Field(1.0, gt=0)
+    # How often each replica re-reads its subscribed topics' heads in case a notification was lost.
+    recheck_seconds: float = Field(5.0, gt=0)
+
+    # Database pool.
+    pool_min_size: int = Field(2, ge=0)
+    pool_max_size: int = Field(10, gt=0)
+
+    shutdown_seconds: float = Field(10.0, gt=0)
+
+    log_level: str = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
