@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from prometheus_client import Counter, Gauge, Histogram
 
 open_streams = Gauge("changefeed_open_streams", "SSE streams open on this replica")
@@ -25,3 +27,14 @@ delivery_latency = Histogram(
     "From publish to this replica's fan-out reading the event",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+
+
+def _task_count() -> float:
+    try:
+        return float(len(asyncio.all_tasks()))
+    except RuntimeError:  # scraped outside the event loop
+        return 0.0
+
+
+tasks = Gauge("changefeed_asyncio_tasks", "asyncio tasks alive in this replica (leak detector)")
+tasks.set_function(_task_count)

@@ -1,0 +1,218 @@
+"""Test helpers: throwaway databases, real service processes, an SSE reader."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import httpx
+from httpx_sse import ServerSentEvent, aconnect_sse
+
+from service.cluster import free_port
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def url_with_database(url: str, database: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+def new_topic(prefix: str = "t") -> str:
+    return f"{prefix}.{uuid.uuid4().hex[:12]}"
+
+
+def private_tempdir(prefix: str) -> Path:
+    """A temp dir that PostgreSQL's unprivileged user can reach when tests run as root."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    return path
+
+
+async def create_database(admin_url: str, template: str | None = None) -> str:
+    """A new database on the test server; returns its URL."""
+    name = f"cf_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(admin_url)
+    try:
+        suffix = f" TEMPLATE {template}" if template else ""
+        await conn.execute(f"CREATE DATABASE {name}{suffix}")
+    finally:
+        await conn.close()
+    return url_with_database(admin_url, name)
+
+
+@dataclass
+class Service:
+    """A real ``changefeed serve`` process on a free port."""
+
+    database_url: str | None
+    env: dict[str, str] = field(default_factory=dict)
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, *, wait: bool = True) -> Service:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CHANGEFEED_")}
+        env.update({"CHANGEFEED_LOG_FORMAT": "json", **self.env})
+        if self.database_url:
+            env["CHANGEFEED_DATABASE_URL"] = self.database_url
+        self.log_path = Path(tempfile.mkstemp(prefix="changefeed-", suffix=".log")[1])
+        log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "service", "serve", "--port", str(self.port)],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"service exited {self.process.returncode}:\n{self.log()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.base_url}/readyz", timeout=1).status_code == 200:
+                    return
+            time.sleep(0.05)
+        raise TimeoutError(f"service not ready within {timeout}s:\n{self.log()}")
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait; returns the exit status."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                raise
+        return self.process.returncode
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-20000:] if self.log_path else ""
+
+
+async def publish(client: httpx.AsyncClient, topic: str, body: object) -> httpx.Response:
+    return await client.post(f"/feeds/{topic}", json=body)
+
+
+@contextlib.asynccontextmanager
+async def subscribe(
+    client: httpx.AsyncClient,
+    topic: str,
+    *,
+    after: int | str | None = None,
+    last_event_id: str | None = None,
+) -> AsyncIterator[SSE]:
+    """An open SSE stream; the opening ``retry`` frame is already consumed on entry."""
+    params = {"after": str(after)} if after is not None else None
+    headers = {"Last-Event-ID": last_event_id} if last_event_id is not None else {}
+    async with aconnect_sse(
+        client, "GET", f"/feeds/{topic}", params=params, headers=headers
+    ) as source:
+        source.response.raise_for_status()
+        sse = SSE(source.aiter_sse())
+        try:
+            first = await sse.next(timeout=10)
+            assert first.retry is not None and first.data == "", first
+            yield sse
+        finally:
+            await sse.close()
+
+
+class SSE:
+    """Reads events off a stream with a bound on every wait.
+
+    A reader task moves events into a queue, so that a timed-out wait does not cancel
+    (and so end) the underlying iterator.
+    """
+
+    _END = object()
+
+    def __init__(self, events: AsyncIterator[ServerSentEvent]) -> None:
+        self._queue: asyncio.Queue[object] = asyncio.Queue()
+        self._task = asyncio.create_task(self._pump(events))
+
+    async def _pump(self, events: AsyncIterator[ServerSentEvent]) -> None:
+        try:
+            async for event in events:
+                await self._queue.put(event)
+        except httpx.HTTPError as exc:
+            await self._queue.put(exc)
+        finally:
+            await self._queue.put(self._END)
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    async def next(self, timeout: float = 10.0) -> ServerSentEvent:
+        async with asyncio.timeout(timeout):
+            item = await self._queue.get()
+        if item is self._END:
+            self._queue.put_nowait(self._END)
+            raise EOFError("the stream ended")
+        if isinstance(item, Exception):
+            raise item
+        assert isinstance(item, ServerSentEvent)
+        return item
+
+    async def take(self, n: int, timeout: float = 10.0) -> list[ServerSentEvent]:
+        async with asyncio.timeout(timeout):
+            return [await self.next(timeout) for _ in range(n)]
+
+    async def expect_nothing(self, within: float) -> None:
+        """Assert that no event arrives within ``within`` seconds."""
+        try:
+            event = await self.next(timeout=within)
+        except TimeoutError:
+            return
+        raise AssertionError(f"unexpected event {event}")
+
+
+async def metrics(client: httpx.AsyncClient) -> dict[str, float]:
+    """The service's Prometheus samples by name (labels ignored, summed)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    response = await client.get("/metrics")
+    response.raise_for_status()
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            values[sample.name] = values.get(sample.name, 0.0) + sample.value
+    return values
+
+
+async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):  # type: ignore[no-untyped-def]
+    """Poll an async predicate until it returns a truthy value (bounded)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition not met within {timeout}s (last: {value!r})")
+        await asyncio.sleep(interval)

@@ -1,0 +1,94 @@
+"""Where a stream starts: Last-Event-ID, ?after, the live tail; and the stream's framing."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.support import Service, new_topic, publish, subscribe
+
+
+async def _topic_with(client: httpx.AsyncClient, n: int) -> str:
+    topic = new_topic()
+    async with subscribe(client, topic) as stream:
+        response = await publish(client, topic, [{"data": i} for i in range(1, n + 1)])
+        assert response.status_code == 202
+        await stream.take(n)  # all sequenced
+    return topic
+
+
+async def test_after_zero_replays_everything(client: httpx.AsyncClient) -> None:
+    topic = await _topic_with(client, 5)
+    async with subscribe(client, topic, after=0) as stream:
+        assert [e.id for e in await stream.take(5)] == ["1", "2", "3", "4", "5"]
+
+
+async def test_after_n_resumes_after_n(client: httpx.AsyncClient) -> None:
+    topic = await _topic_with(client, 5)
+    async with subscribe(client, topic, after=3) as stream:
+        assert [e.id for e in await stream.take(2)] == ["4", "5"]
+        await stream.expect_nothing(within=0.3)
+
+
+async def test_last_event_id_header_beats_query(client: httpx.AsyncClient) -> None:
+    topic = await _topic_with(client, 5)
+    async with subscribe(client, topic, after=1, last_event_id="4") as stream:
+        assert (await stream.next()).id == "5"
+        await stream.expect_nothing(within=0.3)
+
+
+async def test_live_tail_by_default(client: httpx.AsyncClient) -> None:
+    topic = await _topic_with(client, 3)
+    async with subscribe(client, topic) as stream:
+        await stream.expect_nothing(within=0.3)
+        assert (await publish(client, topic, {"type": "late", "data": 4})).status_code == 202
+        event = await stream.next()
+        assert (event.id, event.event, event.data) == ("4", "late", "4")
+
+
+async def test_resume_at_head_waits_for_new_events(client: httpx.AsyncClient) -> None:
+    topic = await _topic_with(client, 2)
+    async with subscribe(client, topic, last_event_id="2") as stream:
+        await publish(client, topic, {"data": 3})
+        assert (await stream.next()).id == "3"
+
+
+async def test_stream_headers_and_retry_first(service: Service) -> None:
+    topic = new_topic()
+    async with (
+        httpx.AsyncClient(base_url=service.base_url, timeout=10) as http,
+        http.stream("GET", f"/feeds/{topic}") as response,
+    ):
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.headers["cache-control"] == "no-cache"
+        assert response.headers["x-accel-buffering"] == "no"
+        first = await anext(response.aiter_raw())
+        assert first.startswith(b"retry: ")
+
+
+async def test_keepalive_comment_frames(module_database: str) -> None:
+    service = Service(module_database, env={"CHANGEFEED_KEEPALIVE_SECONDS": "0.2"}).start()
+    try:
+        async with (
+            httpx.AsyncClient(base_url=service.base_url, timeout=10) as http,
+            http.stream("GET", f"/feeds/{new_topic()}") as response,
+        ):
+            seen = b""
+            async for chunk in response.aiter_raw():
+                seen += chunk
+                if seen.count(b": keepalive\n\n") >= 2:
+                    break
+        assert seen.startswith(b"retry: 3000\n\n")
+    finally:
+        assert service.stop() == 0
+
+
+async def test_event_data_is_one_line_json(client: httpx.AsyncClient) -> None:
+    topic = new_topic()
+    data = {"text": "line one\nline two\r\n", "nested": [1, {"a": None}], "u": "é✓"}
+    async with subscribe(client, topic) as stream:
+        await publish(client, topic, {"type": "multi", "data": data})
+        event = await stream.next()
+    import json
+
+    assert json.loads(event.data) == data
