@@ -24,7 +24,7 @@ def _run(connection: Connection) -> None:
         target_metadata=schema.metadata,
         version_table_schema=schema.SCHEMA,
         include_schemas=True,
-        include_name=lambda name, type_, _parent: type_ != "schema" or name == schema.SCHEMA,
+        include_object=schema.owned,
     )
     with context.begin_transaction():
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": schema.MIGRATE_LOCK})

@@ -94,7 +94,9 @@ class Cluster:
         """Create the cluster on first use, start it, and make sure its database exists."""
         if not (self.pgdata / "PG_VERSION").exists():
             self._initdb()
-        if not self.is_running():
+        if self.is_running():
+            self._adopt_running_port()
+        else:
             self.start()
         self._psql(f"CREATE DATABASE {DATABASE}", allow_error="already exists")
 
@@ -113,6 +115,14 @@ class Cluster:
             "pg_ctl", "start", "-w", "-t", "60", "-D", str(self.pgdata),
             "-l", str(self.data_dir / "postgresql.log"), "-o", " ".join(options),
         )  # fmt: skip
+
+    def _adopt_running_port(self) -> None:
+        # Already running (a previous run was killed before stopping it): use its port.
+        lines = (self.pgdata / "postmaster.pid").read_text().splitlines()
+        if len(lines) > 3 and lines[3].strip().isdigit():
+            self.port = int(lines[3])
+            if self.tcp_port:
+                self.tcp_port = self.port
 
     def stop(self, mode: str = "fast") -> None:
         """Stop the server (``smart``, ``fast`` or ``immediate``)."""

@@ -82,3 +82,11 @@ MIGRATE_LOCK = 4_210_881_001
 SEQUENCE_LOCK = 4_210_881_002
 # Held for its session by the replica elected to run the sequencer.
 ELECTION_LOCK = 4_210_881_003
+
+
+def owned(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:
+    """Alembic filter: only changefeed's own tables (not the application's, nor its own
+    version table) are compared by autogenerate."""
+    if type_ != "table":
+        return True
+    return getattr(obj, "schema", None) == SCHEMA and name != "alembic_version"

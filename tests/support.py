@@ -59,6 +59,7 @@ class Service:
 
     database_url: str | None
     env: dict[str, str] = field(default_factory=dict)
+    args: list[str] = field(default_factory=list)
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
@@ -75,7 +76,7 @@ class Service:
         self.log_path = Path(tempfile.mkstemp(prefix="changefeed-", suffix=".log")[1])
         log = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "service", "serve", "--port", str(self.port)],
+            [sys.executable, "-m", "service", "serve", "--port", str(self.port), *self.args],
             cwd=REPO,
             env=env,
             stdout=log,

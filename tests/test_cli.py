@@ -1,0 +1,138 @@
+"""The command line: migrate (idempotent, concurrent) and serve (given or embedded database)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+
+import asyncpg
+import httpx
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import Connection, pool
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from service import schema
+from service.cluster import Cluster
+from tests.support import REPO, Service, create_database, new_topic, private_tempdir, subscribe
+
+
+def _changefeed(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CHANGEFEED_")}
+    return subprocess.run(
+        [sys.executable, "-m", "service", *args],
+        cwd=REPO, env={**clean, **env}, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+async def test_concurrent_migrations_are_safe_and_idempotent(admin_url: str) -> None:
+    url = await create_database(admin_url)
+    env = {"CHANGEFEED_DATABASE_URL": url}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CHANGEFEED_")}
+    runs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "service", "migrate", cwd=REPO, env={**clean, **env},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        for _ in range(3)
+    ]
+    async with asyncio.timeout(120):
+        results = [await run.communicate() for run in runs]
+    for run, (out, err) in zip(runs, results, strict=True):
+        assert run.returncode == 0, err.decode()
+        assert b"schema at revision" in out
+    again = _changefeed("migrate", env=env)
+    assert again.returncode == 0, again.stderr
+
+    # The migrated schema is exactly the SQLAlchemy metadata in service/schema.py.
+    engine = create_async_engine(
+        "postgresql+asyncpg://", async_creator=lambda: asyncpg.connect(url), poolclass=pool.NullPool
+    )
+
+    def diff(connection: Connection) -> list[object]:
+        context = MigrationContext.configure(
+            connection,
+            opts={
+                "include_schemas": True,
+                "include_object": schema.owned,
+                "version_table_schema": schema.SCHEMA,
+            },
+        )
+        return list(compare_metadata(context, schema.metadata))
+
+    async with engine.connect() as connection:
+        differences = await connection.run_sync(diff)
+    await engine.dispose()
+    assert differences == []
+
+
+def test_migrate_without_a_database_url_says_so() -> None:
+    result = _changefeed("migrate", env={})
+    assert result.returncode == 2
+    assert "CHANGEFEED_DATABASE_URL" in result.stderr
+
+
+async def test_serve_refuses_an_unmigrated_database(admin_url: str) -> None:
+    url = await create_database(admin_url)
+    result = _changefeed("serve", "--port", "0", env={"CHANGEFEED_DATABASE_URL": url})
+    assert result.returncode == 1
+    assert "changefeed migrate" in result.stderr
+
+
+def test_serve_reports_an_unreachable_database() -> None:
+    result = _changefeed(
+        "serve", env={"CHANGEFEED_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"}
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("changefeed serve:")
+    assert "Traceback" not in result.stderr
+
+
+def test_invalid_configuration_is_reported() -> None:
+    result = _changefeed("serve", env={"CHANGEFEED_KEEPALIVE_SECONDS": "soon"})
+    assert result.returncode == 2
+    assert "keepalive_seconds" in result.stderr
+
+
+async def test_serve_with_migrate_flag_migrates_first(admin_url: str) -> None:
+    url = await create_database(admin_url)
+    service = Service(url, args=["--migrate"]).start()
+    try:
+        async with httpx.AsyncClient(base_url=service.base_url, timeout=10) as client:
+            assert (await client.get("/readyz")).status_code == 200
+    finally:
+        assert service.stop() == 0
+
+
+@pytest.mark.skipif(os.geteuid() == 0 and shutil.which("runuser") is None, reason="needs runuser")
+async def test_embedded_default_runs_publishes_streams_and_stops_its_cluster() -> None:
+    data_dir = private_tempdir("changefeed-embedded-") / "data"
+    service = Service(None, env={"CHANGEFEED_DATA_DIR": str(data_dir)})
+    service.start()
+    try:
+        async with httpx.AsyncClient(base_url=service.base_url, timeout=10) as client:
+            topic = new_topic()
+            async with subscribe(client, topic) as stream:
+                response = await client.post(f"/feeds/{topic}", json={"type": "hello", "data": [1]})
+                assert response.status_code == 202
+                event = await stream.next()
+                assert (event.id, event.event, event.data) == ("1", "hello", "[1]")
+    finally:
+        assert service.stop() == 0
+    cluster = Cluster(data_dir)
+    assert (data_dir / "pgdata" / "PG_VERSION").exists()
+    assert not cluster.is_running(), "serve must stop its embedded cluster on exit"
+
+    # Second run: the same cluster and data, found again.
+    service = Service(None, env={"CHANGEFEED_DATA_DIR": str(data_dir)}).start()
+    try:
+        async with httpx.AsyncClient(base_url=service.base_url, timeout=10) as client:
+            body = (await client.get(f"/feeds/{topic}/events")).json()
+            assert [e["data"] for e in body["events"]] == [[1]]
+    finally:
+        assert service.stop() == 0
+    shutil.rmtree(data_dir.parent, ignore_errors=True)
