@@ -67,14 +67,19 @@ class Cluster:
     """
 
     def __init__(
-        self, data_dir: Path, *, tcp_port: int | None = None, durable: bool = True
+        self,
+        data_dir: Path,
+        *,
+        tcp_port: int | None = None,
+        durable: bool = True,
+        bin_dir: Path | None = None,
     ) -> None:
         self.data_dir = data_dir.resolve()
         self.pgdata = self.data_dir / "pgdata"
         self.tcp_port = tcp_port
         self.port = tcp_port or 5432
         self.durable = durable
-        self.bin_dir = find_bin_dir()
+        self.bin_dir = bin_dir or find_bin_dir()
         # postgres refuses to run as root: run it as an unprivileged user then.
         self.run_as = _unprivileged_user() if os.geteuid() == 0 else None
         self.socket_dir = self._choose_socket_dir()

@@ -50,7 +50,7 @@ def database(settings: Settings, *, apply_migrations: bool) -> Iterator[str]:
             migrate.upgrade(settings.database_url)
         yield settings.database_url
         return
-    cluster = Cluster(settings.data_dir)
+    cluster = Cluster(settings.data_dir, bin_dir=settings.pg_bin_dir)
     log.info("embedded.starting", data_dir=str(cluster.data_dir), binaries=str(cluster.bin_dir))
     cluster.ensure()
     try:

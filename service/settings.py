@@ -17,6 +17,9 @@ class Settings(BaseSettings):
     # Where the data lives. No URL means: run an embedded private cluster in data_dir.
     database_url: str | None = None
     data_dir: Path = Path(".changefeed")
+    # The embedded cluster's server binaries; found on PATH, in Debian's directories or in
+    # the pgserver wheel when unset.
+    pg_bin_dir: Path | None = None
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)

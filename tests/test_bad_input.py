@@ -37,7 +37,9 @@ async def _inbox_and_events(db: asyncpg.Connection, topic: str) -> tuple[int, in
         (None, "99999999999999999999999"),
     ],
 )
-async def test_bad_starting_point(client: httpx.AsyncClient, header: str | None, query: str | None) -> None:
+async def test_bad_starting_point(
+    client: httpx.AsyncClient, header: str | None, query: str | None
+) -> None:
     headers = {"Last-Event-ID": header} if header is not None else {}
     params = {"after": query} if query is not None else {}
     response = await client.get(f"/feeds/{new_topic()}", headers=headers, params=params)

@@ -13,7 +13,8 @@ from tests.support import Service, metrics, new_topic, publish, subscribe, wait_
 
 async def _connections(admin: asyncpg.Connection, database: str) -> int:
     count: int = await admin.fetchval(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND application_name LIKE 'changefeed%'",
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE datname = $1 AND application_name LIKE 'changefeed%'",
         database,
     )
     return count
@@ -49,7 +50,10 @@ async def test_two_hundred_subscribers_leave_nothing_behind(
         async def settled() -> dict[str, float] | None:
             now = await metrics(client)
             keys = ("changefeed_open_streams", "changefeed_subscriptions", "changefeed_topic_feeds")
-            if all(now[k] == 0 for k in keys) and now["changefeed_asyncio_tasks"] <= before["changefeed_asyncio_tasks"]:
+            if (
+                all(now[k] == 0 for k in keys)
+                and now["changefeed_asyncio_tasks"] <= before["changefeed_asyncio_tasks"]
+            ):
                 return now
             return None
 

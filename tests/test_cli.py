@@ -21,7 +21,9 @@ from service.cluster import Cluster
 from tests.support import REPO, Service, create_database, new_topic, private_tempdir, subscribe
 
 
-def _changefeed(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def _changefeed(
+    *args: str, env: dict[str, str], timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("CHANGEFEED_")}
     return subprocess.run(
         [sys.executable, "-m", "service", *args],
@@ -35,9 +37,15 @@ async def test_concurrent_migrations_are_safe_and_idempotent(admin_url: str) -> 
     clean = {k: v for k, v in os.environ.items() if not k.startswith("CHANGEFEED_")}
     runs = [
         await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "service", "migrate", cwd=REPO, env={**clean, **env},
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
+            sys.executable,
+            "-m",
+            "service",
+            "migrate",
+            cwd=REPO,
+            env={**clean, **env},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
         for _ in range(3)
     ]
     async with asyncio.timeout(120):

@@ -31,7 +31,9 @@ async def test_held_open_transaction_is_delivered_once_after_its_commit(
                 "SELECT changefeed.publish($1, 'c', '{\"w\": \"C\"}'::jsonb)", topic
             )
             # B publishes and commits; the subscriber gets B while A is still open.
-            assert (await publish(client, topic, {"type": "b", "data": {"w": "B"}})).status_code == 202
+            assert (
+                await publish(client, topic, {"type": "b", "data": {"w": "B"}})
+            ).status_code == 202
             first = await stream.next()
             assert (first.id, first.event, json.loads(first.data)) == ("1", "b", {"w": "B"})
 
@@ -41,7 +43,9 @@ async def test_held_open_transaction_is_delivered_once_after_its_commit(
             assert (second.id, second.event, json.loads(second.data)) == ("2", "a", {"w": "A"})
 
             # Nothing else: A exactly once, C never.
-            assert (await publish(client, topic, {"type": "d", "data": {"w": "D"}})).status_code == 202
+            assert (
+                await publish(client, topic, {"type": "d", "data": {"w": "D"}})
+            ).status_code == 202
             third = await stream.next()
             assert (third.id, third.event) == ("3", "d")
             await stream.expect_nothing(within=0.3)

@@ -8,14 +8,18 @@ import json
 import asyncpg
 import httpx
 
-from tests.support import new_topic, publish, subscribe
+from tests.support import new_topic, publish, subscribe, wait_for
 
 
 async def _sequenced(db: asyncpg.Connection, topic: str, count: int) -> None:
-    async with asyncio.timeout(10):
-        while await db.fetchval("SELECT count(*) FROM changefeed.inbox WHERE topic = $1", topic):
-            await asyncio.sleep(0.02)
-    assert await db.fetchval("SELECT count(*) FROM changefeed.events WHERE topic = $1", topic) == count
+    async def drained() -> bool:
+        pending = await db.fetchval("SELECT count(*) FROM changefeed.inbox WHERE topic = $1", topic)
+        return bool(pending == 0)
+
+    await wait_for(drained, timeout=10)
+    assert (
+        await db.fetchval("SELECT count(*) FROM changefeed.events WHERE topic = $1", topic) == count
+    )
 
 
 async def test_publish_answers_202_with_the_count(client: httpx.AsyncClient) -> None:
@@ -66,7 +70,9 @@ async def test_replay_pages_through_a_topic(
     client: httpx.AsyncClient, db: asyncpg.Connection
 ) -> None:
     topic = new_topic()
-    await publish(client, topic, [{"type": "n", "data": {"i": i}, "id": f"e{i}"} for i in range(25)])
+    await publish(
+        client, topic, [{"type": "n", "data": {"i": i}, "id": f"e{i}"} for i in range(25)]
+    )
     await _sequenced(db, topic, 25)
 
     seen: list[int] = []
@@ -108,5 +114,7 @@ async def test_health_readiness_and_openapi(client: httpx.AsyncClient) -> None:
     ready = (await client.get("/readyz")).json()
     assert ready["status"] == "ready" and ready["database"] and ready["listener"]
     schema = (await client.get("/schema/openapi.json")).json()
-    assert {"/feeds/{topic}", "/feeds/{topic}/events", "/healthz", "/readyz"} <= set(schema["paths"])
+    assert {"/feeds/{topic}", "/feeds/{topic}/events", "/healthz", "/readyz"} <= set(
+        schema["paths"]
+    )
     assert {"get", "post"} <= set(schema["paths"]["/feeds/{topic}"])

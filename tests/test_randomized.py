@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import asyncpg
 import httpx
 
-from tests.support import new_topic, subscribe
+from tests.support import new_topic, subscribe, wait_for
 
 SEED = int(os.environ.get("CHANGEFEED_TEST_SEED", random.randrange(1 << 30)))
 ROUNDS = int(os.environ.get("CHANGEFEED_TEST_ROUNDS", "25"))
@@ -37,7 +37,9 @@ class Reader:
     sessions: int = 0
 
 
-async def _http_writer(client: httpx.AsyncClient, topic: str, w: int, writes: Writes, rng: random.Random) -> None:
+async def _http_writer(
+    client: httpx.AsyncClient, topic: str, w: int, writes: Writes, rng: random.Random
+) -> None:
     for i in range(ROUNDS):
         keys = [f"h{w}-{i}-{j}" for j in range(rng.randint(1, 3))]
         body = [{"type": "http", "data": {"k": k}} for k in keys]
@@ -130,25 +132,29 @@ async def test_randomized_writers_and_resuming_readers(
             )
             for r in readers
         ]
+        seeds = [random.Random(rng.random()) for _ in range(6)]
         await asyncio.gather(
             _long_writer(module_database, topic, writes, hold=1.5),
-            *(_http_writer(client, topic, w, writes, random.Random(rng.random())) for w in range(3)),
-            *(_sql_writer(module_database, topic, w, writes, random.Random(rng.random())) for w in range(3)),
-        )  # fmt: skip
+            *(_http_writer(client, topic, w, writes, seeds[w]) for w in range(3)),
+            *(_sql_writer(module_database, topic, w, writes, seeds[3 + w]) for w in range(3)),
+        )
 
         # Every acknowledged event is in the inbox or the log; wait until it is all sequenced.
         conn = await asyncpg.connect(module_database)
         try:
+
             async def sequenced() -> bool:
-                pending = await conn.fetchval("SELECT count(*) FROM changefeed.inbox WHERE topic = $1", topic)
+                pending = await conn.fetchval(
+                    "SELECT count(*) FROM changefeed.inbox WHERE topic = $1", topic
+                )
                 return bool(pending == 0)
 
-            while not await sequenced():
-                await asyncio.sleep(0.05)
+            await wait_for(sequenced, timeout=30)
             log = [
                 (r["seq"], json.loads(r["data"])["k"])
                 for r in await conn.fetch(
-                    "SELECT seq, data::text FROM changefeed.events WHERE topic = $1 ORDER BY seq", topic
+                    "SELECT seq, data::text FROM changefeed.events WHERE topic = $1 ORDER BY seq",
+                    topic,
                 )
             ]
         finally:
@@ -162,7 +168,9 @@ async def test_randomized_writers_and_resuming_readers(
     assert seqs == list(range(1, len(log) + 1)), "the log has gaps"
     assert len(set(keys)) == len(keys), "an event was stored twice"
     assert writes.ok <= set(keys), f"lost writes: {sorted(writes.ok - set(keys))[:10]}"
-    assert not (writes.failed & set(keys)), f"aborted writes read: {sorted(writes.failed & set(keys))}"
+    assert not (writes.failed & set(keys)), (
+        f"aborted writes read: {sorted(writes.failed & set(keys))}"
+    )
     assert set(keys) <= writes.ok | writes.unknown, "an event nobody wrote"
     for reader in readers:
         assert reader.received == log, f"{reader.name} disagrees with the log"
