@@ -9,6 +9,7 @@ from typing import Any
 
 import structlog
 from litestar import Litestar, Request
+from litestar.config.cors import CORSConfig
 from litestar.openapi import OpenAPIConfig
 from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsPlugin
 
@@ -43,12 +44,26 @@ def create_app(
         exception_handlers=problems.handlers(),
         plugins=[ProblemDetailsPlugin(ProblemDetailsConfig(enable_for_all_http_exceptions=True))],
         request_max_body_size=settings.max_body_bytes,
+        cors_config=_cors(settings),
         openapi_config=OpenAPIConfig(
             title="changefeed",
             version=__version__,
             description="An exactly-resumable change feed over PostgreSQL, served as SSE.",
         ),
         logging_config=None,
+    )
+
+
+def _cors(settings: Settings) -> CORSConfig | None:
+    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+    if not origins:
+        return None
+    return CORSConfig(
+        allow_origins=origins,
+        allow_methods=["GET", "POST"],
+        # An EventSource resuming adds Last-Event-ID.
+        allow_headers=["Content-Type", "Last-Event-ID", "X-Request-ID"],
+        allow_credentials="*" not in origins,
     )
 
 

@@ -24,6 +24,10 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
 
+    # Browser origins allowed to subscribe and publish from other sites (CORS), comma
+    # separated; "*" allows any. Unset: same-origin only.
+    cors_origins: str = ""
+
     # SSE behaviour.
     keepalive_seconds: float = Field(15.0, gt=0)
     retry_milliseconds: int = Field(3000, ge=0)

@@ -1,0 +1,143 @@
+"""A real Chromium page with the plain EventSource API: it replays a topic, survives a
+service restart by reconnecting with Last-Event-ID (to the same URL, whose ?after=0 the
+header must beat), and ends with every event exactly once, in order."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from service.cluster import free_port
+from tests.support import Service, new_topic, private_tempdir
+
+CHROMIUM = next(
+    (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None
+)
+# CI installs Chromium (.ci/run); elsewhere the test is skipped when it is missing.
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None and not os.environ.get("CI"), reason="Chromium is not installed"
+)
+
+PAGE = b"""<!doctype html>
+<meta charset="utf-8">
+<title>changefeed EventSource</title>
+<script>
+const feed = new EventSource(new URLSearchParams(location.search).get("feed"));
+const state = {opens: 0, errors: 0, seen: []};
+const report = () => fetch("/report", {method: "POST", body: JSON.stringify(state)});
+feed.onopen = () => { state.opens++; report(); };
+feed.onerror = () => { state.errors++; };
+feed.addEventListener("tick", (e) => {
+  state.seen.push([e.lastEventId, JSON.parse(e.data).n]);
+  report();
+});
+</script>
+"""
+
+
+class _PageServer:
+    """Serves the page and collects the page's reports (snapshots of what it saw)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.latest: dict[str, Any] = {"opens": 0, "seen": []}
+        self.changed = threading.Condition()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.end_headers()
+                self.wfile.write(PAGE)
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with server.changed:
+                    # Reports may arrive out of order: keep the one that saw the most.
+                    if (len(body["seen"]), body["opens"]) >= (
+                        len(server.latest["seen"]),
+                        server.latest["opens"],
+                    ):
+                        server.latest = body
+                    server.changed.notify_all()
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    async def wait(self, predicate: Any, timeout: float = 30) -> dict[str, Any]:
+        def blocking() -> dict[str, Any]:
+            with self.changed:
+                if not self.changed.wait_for(lambda: predicate(self.latest), timeout):
+                    raise TimeoutError(f"the page did not get there: {self.latest}")
+                return self.latest
+
+        return await asyncio.to_thread(blocking)
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+
+
+async def test_eventsource_resumes_exactly_across_a_service_restart(
+    module_database: str,
+) -> None:
+    assert CHROMIUM is not None, "CI must install chromium"
+    page = _PageServer()
+    origin = f"http://127.0.0.1:{page.port}"
+    env = {"CHANGEFEED_CORS_ORIGINS": origin, "CHANGEFEED_RETRY_MILLISECONDS": "200"}
+    service = Service(module_database, env=env).start()
+    topic = new_topic("browser")
+    profile = private_tempdir("changefeed-chromium-")
+    browser: subprocess.Popen[bytes] | None = None
+    db = await asyncpg.connect(module_database)
+    try:
+        async with httpx.AsyncClient(base_url=service.base_url, timeout=10) as client:
+            batch = [{"type": "tick", "data": {"n": n}} for n in (1, 2, 3)]
+            assert (await client.post(f"/feeds/{topic}", json=batch)).status_code == 202
+
+        feed = f"{service.base_url}/feeds/{topic}?after=0"
+        browser = subprocess.Popen(
+            [
+                CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                "--no-first-run", "--disable-background-networking", "--disable-sync",
+                "--disable-component-update", f"--user-data-dir={profile}",
+                f"{origin}/?feed={feed}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        await page.wait(lambda s: len(s["seen"]) >= 3)
+
+        # Restart the service; meanwhile an application publishes from SQL.
+        assert service.stop() == 0
+        for n in (4, 5, 6):
+            await db.execute(
+                "SELECT changefeed.publish($1, 'tick', $2::jsonb)", topic, json.dumps({"n": n})
+            )
+        service.start()
+
+        final = await page.wait(lambda s: len(s["seen"]) >= 6 and s["opens"] >= 2)
+        assert final["seen"] == [[str(n), n] for n in range(1, 7)]
+    finally:
+        if browser is not None:
+            browser.kill()
+            browser.wait()
+        await db.close()
+        service.stop()
+        page.close()
+        shutil.rmtree(profile, ignore_errors=True)
