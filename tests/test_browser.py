@@ -8,7 +8,6 @@ import asyncio
 import json
 import os
 import shutil
-import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -103,7 +102,7 @@ async def test_eventsource_resumes_exactly_across_a_service_restart(
     service = Service(module_database, env=env).start()
     topic = new_topic("browser")
     profile = private_tempdir("changefeed-chromium-")
-    browser: subprocess.Popen[bytes] | None = None
+    browser: asyncio.subprocess.Process | None = None
     db = await asyncpg.connect(module_database)
     try:
         async with httpx.AsyncClient(base_url=service.base_url, timeout=10) as client:
@@ -111,15 +110,13 @@ async def test_eventsource_resumes_exactly_across_a_service_restart(
             assert (await client.post(f"/feeds/{topic}", json=batch)).status_code == 202
 
         feed = f"{service.base_url}/feeds/{topic}?after=0"
-        browser = subprocess.Popen(
-            [
-                CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                "--no-first-run", "--disable-background-networking", "--disable-sync",
-                "--disable-component-update", f"--user-data-dir={profile}",
-                f"{origin}/?feed={feed}",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        browser = await asyncio.create_subprocess_exec(
+            CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+            "--no-first-run", "--disable-background-networking", "--disable-sync",
+            "--disable-component-update", f"--user-data-dir={profile}",
+            f"{origin}/?feed={feed}",
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
         )  # fmt: skip
         await page.wait(lambda s: len(s["seen"]) >= 3)
 
@@ -136,7 +133,7 @@ async def test_eventsource_resumes_exactly_across_a_service_restart(
     finally:
         if browser is not None:
             browser.kill()
-            browser.wait()
+            await browser.wait()
         await db.close()
         service.stop()
         page.close()
