@@ -66,6 +66,8 @@ class Listener:
                 await self._watch(conn, lost)
             except database.UNAVAILABLE as exc:
                 log.warning("listener.down", error=str(exc), retry_in=backoff)
+            except Exception:
+                log.exception("listener.failed", retry_in=backoff)
             finally:
                 self.connected = False
                 if conn is not None:

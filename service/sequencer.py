@@ -104,6 +104,10 @@ class Sequencer:
                 await self._lead(conn)
             except database.UNAVAILABLE as exc:
                 log.warning("sequencer.connection_lost", error=str(exc))
+            except Exception:
+                # Never let the loop die: log, step down, and start over after a pause.
+                log.exception("sequencer.failed")
+                await asyncio.sleep(1.0)
             finally:
                 # Closing the session releases the election lock for another replica.
                 self._set_leader(False)

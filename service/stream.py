@@ -9,6 +9,7 @@ events has no gap and no duplicate, whatever the timing.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -45,7 +46,13 @@ async def open_stream(
         hub.unsubscribe(sub)
         raise
     hub.observe_head(sub.feed, head)
-    return _frames(hub, pool, sub, head if after is None else after, page_size, retry_milliseconds)
+    frames_ = _frames(
+        hub, pool, sub, head if after is None else after, page_size, retry_milliseconds
+    )
+    # The generator's own `finally` unsubscribes once it has started; this covers a response
+    # that is dropped before its first frame (unsubscribing twice is harmless).
+    weakref.finalize(frames_, hub.unsubscribe, sub)
+    return frames_
 
 
 async def _frames(
