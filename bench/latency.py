@@ -25,9 +25,9 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from service import migrate  # noqa: E402
-from service.cluster import Cluster, free_port  # noqa: E402
-from tests.support import Service, create_database, private_tempdir  # noqa: E402
+from service import migrate
+from service.cluster import Cluster, free_port
+from tests.support import Service, create_database, private_tempdir
 
 
 async def _subscriber(base: str, topic: str, n: int, latencies: list[float], ready: asyncio.Event,
