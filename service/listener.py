@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +20,11 @@ from service import database, logs, metrics
 log = logs.get(__name__)
 
 Handler = Callable[[str], None]
+PROBE_CHANNEL = "changefeed_probe"
+
+
+class NotificationsBroken(RuntimeError):
+    """The connection accepted LISTEN but a notification sent to it never arrived."""
 
 
 class Listener:
@@ -58,6 +64,7 @@ class Listener:
                 conn.add_termination_listener(_setter(lost))
                 for channel, handler in self._handlers.items():
                     await conn.add_listener(channel, _dispatch(handler))
+                await self._probe(conn)
                 self.connected = True
                 metrics.listener_connects.inc()
                 log.info("listener.connected")
@@ -66,6 +73,8 @@ class Listener:
                 await self._watch(conn, lost)
             except database.UNAVAILABLE as exc:
                 log.warning("listener.down", error=str(exc), retry_in=backoff)
+            except NotificationsBroken as exc:
+                log.error("listener.notifications_broken", error=str(exc), retry_in=backoff)
             except Exception:
                 log.exception("listener.failed", retry_in=backoff)
             finally:
@@ -74,6 +83,29 @@ class Listener:
                     conn.terminate()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
+
+    async def _probe(self, conn: asyncpg.Connection) -> None:
+        """Prove that notifications reach this connection before relying on them: a pooler
+        in transaction mode (PgBouncer) accepts LISTEN but never delivers."""
+        nonce = uuid.uuid4().hex
+        arrived = asyncio.Event()
+
+        def check(_conn: Any, _pid: int, _channel: str, payload: object) -> None:
+            if payload == nonce:
+                arrived.set()
+
+        await conn.add_listener(PROBE_CHANNEL, check)
+        try:
+            await conn.execute(f"SELECT pg_notify('{PROBE_CHANNEL}', '{nonce}')")
+            try:
+                await asyncio.wait_for(arrived.wait(), self._check_seconds)
+            except TimeoutError:
+                raise NotificationsBroken(
+                    "LISTEN/NOTIFY does not work through this connection: the listener needs "
+                    "a direct connection to PostgreSQL (not PgBouncer in transaction mode)"
+                ) from None
+        finally:
+            await conn.remove_listener(PROBE_CHANNEL, check)
 
     async def _watch(self, conn: asyncpg.Connection, lost: asyncio.Event) -> None:
         # A dead peer can go unnoticed until TCP gives up: probe it with a cheap query.

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import asyncpg
 import httpx
@@ -116,10 +118,29 @@ async def test_serve_with_migrate_flag_migrates_first(admin_url: str) -> None:
         assert service.stop() == 0
 
 
-@pytest.mark.skipif(os.geteuid() == 0 and shutil.which("runuser") is None, reason="needs runuser")
-async def test_embedded_default_runs_publishes_streams_and_stops_its_cluster() -> None:
+def _binaries() -> list[object]:
+    """The embedded default with the binaries it finds, and with the pgserver wheel's."""
+    spec = importlib.util.find_spec("pgserver")
+    wheel = Path(spec.origin).parent / "pginstall" / "bin" if spec and spec.origin else None
+    return [
+        pytest.param(None, id="found"),
+        pytest.param(
+            wheel,
+            id="pgserver",
+            marks=pytest.mark.skipif(wheel is None, reason="the pgserver wheel is not installed"),
+        ),
+    ]
+
+
+@pytest.mark.parametrize("bin_dir", _binaries())
+async def test_embedded_default_runs_publishes_streams_and_stops_its_cluster(
+    bin_dir: Path | None,
+) -> None:
     data_dir = private_tempdir("changefeed-embedded-") / "data"
-    service = Service(None, env={"CHANGEFEED_DATA_DIR": str(data_dir)})
+    env = {"CHANGEFEED_DATA_DIR": str(data_dir)}
+    if bin_dir is not None:
+        env["CHANGEFEED_PG_BIN_DIR"] = str(bin_dir)
+    service = Service(None, env=env)
     service.start()
     try:
         async with httpx.AsyncClient(base_url=service.base_url, timeout=10) as client:
@@ -131,12 +152,12 @@ async def test_embedded_default_runs_publishes_streams_and_stops_its_cluster() -
                 assert (event.id, event.event, event.data) == ("1", "hello", "[1]")
     finally:
         assert service.stop() == 0
-    cluster = Cluster(data_dir)
+    cluster = Cluster(data_dir, bin_dir=bin_dir)
     assert (data_dir / "pgdata" / "PG_VERSION").exists()
     assert not cluster.is_running(), "serve must stop its embedded cluster on exit"
 
     # Second run: the same cluster and data, found again.
-    service = Service(None, env={"CHANGEFEED_DATA_DIR": str(data_dir)}).start()
+    service = Service(None, env=env).start()
     try:
         async with httpx.AsyncClient(base_url=service.base_url, timeout=10) as client:
             body = (await client.get(f"/feeds/{topic}/events")).json()
