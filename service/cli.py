@@ -76,7 +76,7 @@ def _migrate(settings: object) -> int:
 def _serve(settings: object, *, apply_migrations: bool) -> int:
     from service import server
     from service.cluster import ClusterError
-    from service.runtime import SchemaNotReady
+    from service.migrate import SchemaNotReady
     from service.settings import Settings
 
     assert isinstance(settings, Settings)

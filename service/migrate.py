@@ -49,3 +49,18 @@ async def current_revision(
         return None
     revision: str | None = await conn.fetchval(f"SELECT version_num FROM {SCHEMA}.alembic_version")
     return revision
+
+
+class SchemaNotReady(RuntimeError):
+    """The database has not been migrated to this code's revision."""
+
+
+async def require_head(conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy) -> None:
+    """Raise SchemaNotReady unless the database is at this code's newest revision."""
+    current = await current_revision(conn)
+    expected = head_revision()
+    if current != expected:
+        raise SchemaNotReady(
+            f"database schema is at revision {current or 'none'}, this code needs {expected}: "
+            "run `changefeed migrate` (or `changefeed serve --migrate`)"
+        )

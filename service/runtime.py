@@ -16,10 +16,6 @@ from service.settings import Settings
 log = logs.get(__name__)
 
 
-class SchemaNotReady(RuntimeError):
-    """The database has not been migrated to this code's revision."""
-
-
 @dataclass
 class Runtime:
     """The pool, the fan-out hub, the sequencer loop and the LISTEN connection."""
@@ -78,10 +74,4 @@ class Runtime:
 
 async def _check_schema(pool: asyncpg.Pool) -> None:
     async with pool.acquire() as conn:
-        current = await migrate.current_revision(conn)
-    expected = migrate.head_revision()
-    if current != expected:
-        raise SchemaNotReady(
-            f"database schema is at revision {current or 'none'}, this code needs {expected}: "
-            "run `changefeed migrate` (or `changefeed serve --migrate`)"
-        )
+        await migrate.require_head(conn)

@@ -136,6 +136,8 @@ $fn$;
 
 
 def upgrade() -> None:
+    # Spelled out rather than taken from service/schema.py: a migration is a frozen record of
+    # one step. tests/test_cli.py checks that the migrated schema equals the metadata.
     op.create_table(
         "inbox",
         sa.Column("id", sa.BigInteger, sa.Identity(always=False), primary_key=True),
