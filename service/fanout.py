@@ -117,6 +117,7 @@ class Hub:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.closed = False
+        self.subscriber_count = 0
 
     # -- subscriptions -------------------------------------------------------------------
 
@@ -128,6 +129,7 @@ class Hub:
             metrics.feeds.inc()
         sub = Subscription(feed, self._buffer_bytes)
         feed.subscribers.add(sub)
+        self.subscriber_count += 1
         metrics.subscriptions.inc()
         return sub
 
@@ -136,6 +138,7 @@ class Hub:
         feed = sub.feed
         if sub in feed.subscribers:
             feed.subscribers.discard(sub)
+            self.subscriber_count -= 1
             metrics.subscriptions.dec()
         if not feed.subscribers and self._feeds.get(feed.topic) is feed:
             del self._feeds[feed.topic]
@@ -202,10 +205,6 @@ class Hub:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-
-    @property
-    def subscriber_count(self) -> int:
-        return sum(len(feed.subscribers) for feed in self._feeds.values())
 
     # -- tasks ---------------------------------------------------------------------------
 

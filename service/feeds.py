@@ -95,6 +95,11 @@ class FeedController(Controller):
             start = None
         if runtime.hub.closed:
             raise unavailable("this replica is shutting down; reconnect")
+        if runtime.hub.subscriber_count >= runtime.settings.max_streams:
+            raise unavailable(
+                f"this replica serves its maximum of {runtime.settings.max_streams} streams; "
+                "retry after the delay in Retry-After"
+            )
         frames = await stream.open_stream(
             runtime.hub,
             runtime.pool,

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     # A whole POST body, so a batch is bounded by count and by size.
     max_body_bytes: int = Field(8 * 1024 * 1024, gt=0)
 
+    # Open SSE streams per replica; beyond it new streams get 503 with Retry-After.
+    max_streams: int = Field(10_000, gt=0)
+
     # Fan-out: a subscriber whose unsent frames exceed this falls back to paging from the table.
     subscriber_buffer_bytes: int = Field(1024 * 1024, gt=0)
 
