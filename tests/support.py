@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -111,6 +113,17 @@ class Service:
                 raise
         return self.process.returncode
 
+    def kill(self) -> None:
+        """SIGKILL: no graceful anything."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+
+    def rss_bytes(self) -> int:
+        assert self.process is not None
+        fields = Path(f"/proc/{self.process.pid}/statm").read_text().split()
+        return int(fields[1]) * os.sysconf("SC_PAGE_SIZE")
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-20000:] if self.log_path else ""
 
@@ -158,8 +171,14 @@ class SSE:
 
     async def _pump(self, events: AsyncIterator[ServerSentEvent]) -> None:
         try:
+            first = True
             async for event in events:
-                await self._queue.put(event)
+                # httpx-sse reports keep-alive comments after an id as empty events;
+                # the SSE spec dispatches nothing for them. Only the first (retry) frame
+                # is kept among data-less events.
+                if event.data or first:
+                    await self._queue.put(event)
+                first = False
         except httpx.HTTPError as exc:
             await self._queue.put(exc)
         finally:
@@ -217,3 +236,75 @@ async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):  #
         if time.monotonic() > deadline:
             raise TimeoutError(f"condition not met within {timeout}s (last: {value!r})")
         await asyncio.sleep(interval)
+
+
+NGINX_CONF = REPO / "deploy" / "nginx" / "changefeed.conf"
+
+
+class Nginx:
+    """Debian's nginx running the shipped config, in front of the given replica ports."""
+
+    def __init__(self, upstream_ports: list[int]) -> None:
+        self.port = free_port()
+        self.upstream_ports = upstream_ports
+        self.prefix = private_tempdir("changefeed-nginx-")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def config(self) -> str:
+        """The shipped server config with test addresses, wrapped in a minimal main config."""
+        import re
+
+        site = NGINX_CONF.read_text()
+        servers = "".join(
+            f"    server 127.0.0.1:{port} max_fails=1 fail_timeout=2s;\n"
+            for port in self.upstream_ports
+        )
+        site, count = re.subn(r"(?m)^    server changefeed-\d+:8000[^\n]*\n", "", site)
+        assert count >= 1, "the shipped config's upstream servers were not found"
+        site = site.replace("upstream changefeed {\n", "upstream changefeed {\n" + servers, 1)
+        site, count = re.subn(r"(?m)^    listen 80;", f"    listen 127.0.0.1:{self.port};", site)
+        assert count == 1, "the shipped config's listen line was not found"
+        temp = self.prefix / "tmp"
+        temp.mkdir(exist_ok=True)
+        temp.chmod(0o777)
+        return (
+            "daemon off;\nworker_processes 1;\n"
+            f"pid {self.prefix}/nginx.pid;\nerror_log {self.prefix}/error.log warn;\n"
+            "events { worker_connections 4096; }\n"
+            "http {\n"
+            f"  access_log off;\n  client_body_temp_path {temp}/body;\n"
+            f"  proxy_temp_path {temp}/proxy;\n  fastcgi_temp_path {temp}/fastcgi;\n"
+            f"  uwsgi_temp_path {temp}/uwsgi;\n  scgi_temp_path {temp}/scgi;\n"
+            f"{site}\n}}\n"
+        )
+
+    def start(self) -> Nginx:
+        conf = self.prefix / "nginx.conf"
+        conf.write_text(self.config())
+        binary = shutil.which("nginx") or "/usr/sbin/nginx"
+        self.process = subprocess.Popen(
+            [binary, "-p", str(self.prefix), "-c", str(conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=(self.prefix / "stderr.log").open("wb"),
+        )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError((self.prefix / "stderr.log").read_text())
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), 0.2),
+            ):
+                return self
+            time.sleep(0.05)
+        raise TimeoutError("nginx did not start")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+        shutil.rmtree(self.prefix, ignore_errors=True)
