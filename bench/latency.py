@@ -30,8 +30,9 @@ from service.cluster import Cluster, free_port
 from tests.support import Service, create_database, private_tempdir
 
 
-async def _subscriber(base: str, topic: str, n: int, latencies: list[float], ready: asyncio.Event,
-                      counts: list[int]) -> None:  # fmt: skip
+async def _subscriber(
+    base: str, topic: str, n: int, latencies: list[float], ready: asyncio.Event, counts: list[int]
+) -> None:
     async with (
         httpx.AsyncClient(base_url=base, timeout=None) as client,
         client.stream("GET", f"/feeds/{topic}") as response,

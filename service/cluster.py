@@ -107,19 +107,25 @@ class Cluster:
 
     def start(self) -> None:
         """Start the server and wait until it accepts connections."""
-        options = [
-            f"-p {self.port}",
-            f"-k {self.socket_dir}",
-            f"-c listen_addresses={'127.0.0.1' if self.tcp_port else chr(39) * 2}",
-        ]
+        listen = "127.0.0.1" if self.tcp_port else "''"  # '' = unix socket only
+        options = [f"-p {self.port}", f"-k {self.socket_dir}", f"-c listen_addresses={listen}"]
         if not self.durable:
             # Throwaway test clusters: a crashed *process* loses nothing with fsync off
             # (the OS still has the pages); only a machine crash would.
             options += ["-c fsync=off", "-c full_page_writes=off"]
         self._run(
-            "pg_ctl", "start", "-w", "-t", "60", "-D", str(self.pgdata),
-            "-l", str(self.data_dir / "postgresql.log"), "-o", " ".join(options),
-        )  # fmt: skip
+            "pg_ctl",
+            "start",
+            "-w",
+            "-t",
+            "60",
+            "-D",
+            str(self.pgdata),
+            "-l",
+            str(self.data_dir / "postgresql.log"),
+            "-o",
+            " ".join(options),
+        )
 
     def _adopt_running_port(self) -> None:
         # Already running (a previous run was killed before stopping it): use its port.
@@ -158,9 +164,16 @@ class Cluster:
         self._grant(self.pgdata)
         os.chmod(self.pgdata, 0o700)
         self._run(
-            "initdb", "-D", str(self.pgdata), "-U", SUPERUSER, "--auth=trust",
-            "--encoding=UTF8", "--locale=C", "--no-instructions",
-        )  # fmt: skip
+            "initdb",
+            "-D",
+            str(self.pgdata),
+            "-U",
+            SUPERUSER,
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--locale=C",
+            "--no-instructions",
+        )
 
     def _choose_socket_dir(self) -> Path:
         if len(str(self.data_dir)) <= _MAX_SOCKET_DIR:

@@ -35,8 +35,16 @@ class Batch:
 class Subscription:
     """One stream's place in the fan-out: a bounded queue of batches and a wake-up."""
 
-    __slots__ = ("_batches", "_bytes", "_event", "_limit", "closed", "feed", "keepalive_due",
-                 "overflowed")  # fmt: skip
+    __slots__ = (
+        "_batches",
+        "_bytes",
+        "_event",
+        "_limit",
+        "closed",
+        "feed",
+        "keepalive_due",
+        "overflowed",
+    )
 
     def __init__(self, feed: Feed, limit: int) -> None:
         self.feed = feed

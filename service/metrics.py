@@ -21,6 +21,10 @@ fallbacks = Counter(
 listener_connects = Counter(
     "changefeed_listener_connects", "Times the LISTEN connection was (re)established"
 )
+sequencer_lag = Gauge(
+    "changefeed_sequencer_lag_seconds",
+    "Age of the oldest committed, unsequenced inbox row (0 unless this replica sequences)",
+)
 is_sequencer = Gauge("changefeed_is_sequencer", "1 while this replica holds the sequencer role")
 delivery_latency = Histogram(
     "changefeed_delivery_latency_seconds",

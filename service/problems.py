@@ -57,8 +57,9 @@ def _after_head(request: Request[Any, Any, Any], exc: AfterHead) -> Response[Any
 
 def _data_error(request: Request[Any, Any, Any], exc: asyncpg.DataError) -> Response[Any]:
     # PostgreSQL refused a value the JSON parser let through (e.g. \u0000 in a string).
-    return problem(400, "invalid-input", "Invalid input", exc.args[0] if exc.args else str(exc)
-                   ).to_response(request)  # fmt: skip
+    return problem(
+        400, "invalid-input", "Invalid input", exc.args[0] if exc.args else str(exc)
+    ).to_response(request)
 
 
 def _unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import asyncpg
@@ -69,7 +70,12 @@ class Runtime:
         await self.hub.close()
         await self.listener.stop()
         await self.sequencer.stop()
-        await self.pool.close()
+        try:
+            # Bounded: a query stuck on a dead server must not hold the exit.
+            await asyncio.wait_for(self.pool.close(), timeout=5)
+        except TimeoutError:
+            log.warning("pool.close_timed_out")
+            self.pool.terminate()
 
 
 async def _check_schema(pool: asyncpg.Pool) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 import asyncpg
 
@@ -21,6 +22,11 @@ from service import database, logs, metrics
 from service.schema import ELECTION_LOCK, SCHEMA, WAKE_CHANNEL
 
 log = logs.get(__name__)
+
+_LAG = f"""
+SELECT extract(epoch FROM clock_timestamp() - published_at)::float8
+FROM {SCHEMA}.inbox ORDER BY id LIMIT 1
+"""
 
 
 class Sequencer:
@@ -88,6 +94,8 @@ class Sequencer:
             log.info("sequencer.role", leader=leader)
         self.is_leader = leader
         metrics.is_sequencer.set(1 if leader else 0)
+        if not leader:
+            metrics.sequencer_lag.set(0)
 
     async def _run(self) -> None:
         backoff = 0.1
@@ -114,6 +122,7 @@ class Sequencer:
                 conn.terminate()
 
     async def _lead(self, conn: asyncpg.Connection) -> None:
+        lag_measured = 0.0
         while True:
             if not self.is_leader:
                 won = await conn.fetchval("SELECT pg_try_advisory_lock($1)", ELECTION_LOCK)
@@ -127,6 +136,10 @@ class Sequencer:
             assert row is not None
             if row["sequenced"]:
                 metrics.sequenced.inc(row["sequenced"])
+            now = time.monotonic()
+            if now - lag_measured >= 1.0:
+                lag_measured = now
+                metrics.sequencer_lag.set(await conn.fetchval(_LAG) or 0.0)
             if row["consumed"] >= self._batch_size:
                 continue  # more are waiting
             await self._sleep(self._poll_seconds)

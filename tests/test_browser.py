@@ -111,13 +111,20 @@ async def test_eventsource_resumes_exactly_across_a_service_restart(
 
         feed = f"{service.base_url}/feeds/{topic}?after=0"
         browser = await asyncio.create_subprocess_exec(
-            CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-            "--no-first-run", "--disable-background-networking", "--disable-sync",
-            "--disable-component-update", f"--user-data-dir={profile}",
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-sync",
+            "--disable-component-update",
+            f"--user-data-dir={profile}",
             f"{origin}/?feed={feed}",
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
-        )  # fmt: skip
+        )
         await page.wait(lambda s: len(s["seen"]) >= 3)
 
         # Restart the service; meanwhile an application publishes from SQL.

@@ -29,8 +29,12 @@ def _changefeed(
     clean = {k: v for k, v in os.environ.items() if not k.startswith("CHANGEFEED_")}
     return subprocess.run(
         [sys.executable, "-m", "service", *args],
-        cwd=REPO, env={**clean, **env}, capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
+        cwd=REPO,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 async def test_concurrent_migrations_are_safe_and_idempotent(admin_url: str) -> None:

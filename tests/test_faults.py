@@ -37,8 +37,9 @@ REPLICA_ENV = {
     "CHANGEFEED_POOL_MAX_SIZE": "8",
 }
 
-pytestmark = pytest.mark.skipif(shutil.which("nginx") is None and not os.environ.get("CI"),
-                                reason="nginx is not installed")  # fmt: skip
+pytestmark = pytest.mark.skipif(
+    shutil.which("nginx") is None and not os.environ.get("CI"), reason="nginx is not installed"
+)
 
 
 @dataclass
@@ -56,8 +57,9 @@ class Subscriber:
     errors: int = 0
 
 
-async def _http_writer(base: str, topic: str, w: int, ledger: Ledger, stop: asyncio.Event,
-                       rng: random.Random) -> None:  # fmt: skip
+async def _http_writer(
+    base: str, topic: str, w: int, ledger: Ledger, stop: asyncio.Event, rng: random.Random
+) -> None:
     async with httpx.AsyncClient(base_url=base, timeout=10) as client:
         i = 0
         while not stop.is_set():
@@ -80,8 +82,9 @@ async def _http_writer(base: str, topic: str, w: int, ledger: Ledger, stop: asyn
             await asyncio.sleep(rng.random() * 0.02)
 
 
-async def _sql_writer(url: str, topic: str, w: int, ledger: Ledger, stop: asyncio.Event,
-                      rng: random.Random) -> None:  # fmt: skip
+async def _sql_writer(
+    url: str, topic: str, w: int, ledger: Ledger, stop: asyncio.Event, rng: random.Random
+) -> None:
     i = 0
     conn: asyncpg.Connection | None = None
     while not stop.is_set():
@@ -117,8 +120,14 @@ async def _sql_writer(url: str, topic: str, w: int, ledger: Ledger, stop: asynci
         await conn.close()
 
 
-async def _subscriber(base: str, topic: str, sub: Subscriber, done: asyncio.Event,
-                      final_head: list[int], rng: random.Random) -> None:  # fmt: skip
+async def _subscriber(
+    base: str,
+    topic: str,
+    sub: Subscriber,
+    done: asyncio.Event,
+    final_head: list[int],
+    rng: random.Random,
+) -> None:
     async with httpx.AsyncClient(base_url=base, timeout=httpx.Timeout(10, read=3)) as client:
         while True:
             last = sub.received[-1][0] if sub.received else None
@@ -192,8 +201,13 @@ async def test_nothing_lost_or_duplicated_under_faults(
     baseline_rss = replicas[0].rss_bytes()
 
     async def inject() -> None:
-        schedule = ["kill-replica", "kill-sequencer", "terminate-listeners",
-                    "restart-postgres-fast", "restart-postgres-immediate"]  # fmt: skip
+        schedule = [
+            "kill-replica",
+            "kill-sequencer",
+            "terminate-listeners",
+            "restart-postgres-fast",
+            "restart-postgres-immediate",
+        ]
         deadline = asyncio.get_running_loop().time() + SECONDS
         step = min(SECONDS / (len(schedule) + 1), 6.0)
         n = 0
@@ -229,13 +243,21 @@ async def test_nothing_lost_or_duplicated_under_faults(
                 for s in subscribers
             ]
             writing = [
-                *(asyncio.create_task(_http_writer(proxy.base_url, topic, w, ledger, stop,
-                                                   random.Random(rng.random())))
-                  for w in range(3)),
-                *(asyncio.create_task(_sql_writer(url, topic, w, ledger, stop,
-                                                  random.Random(rng.random())))
-                  for w in range(2)),
-            ]  # fmt: skip
+                *(
+                    asyncio.create_task(
+                        _http_writer(
+                            proxy.base_url, topic, w, ledger, stop, random.Random(rng.random())
+                        )
+                    )
+                    for w in range(3)
+                ),
+                *(
+                    asyncio.create_task(
+                        _sql_writer(url, topic, w, ledger, stop, random.Random(rng.random()))
+                    )
+                    for w in range(2)
+                ),
+            ]
             await inject()
             stop.set()
             await asyncio.gather(*writing)

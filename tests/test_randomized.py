@@ -91,9 +91,13 @@ async def _long_writer(url: str, topic: str, writes: Writes, hold: float) -> Non
 
 
 async def _reader(
-    client: httpx.AsyncClient, topic: str, reader: Reader, done: asyncio.Event,
-    final_head: list[int], rng: random.Random,
-) -> None:  # fmt: skip
+    client: httpx.AsyncClient,
+    topic: str,
+    reader: Reader,
+    done: asyncio.Event,
+    final_head: list[int],
+    rng: random.Random,
+) -> None:
     while True:
         last = reader.received[-1][0] if reader.received else None
         if done.is_set() and last == final_head[0]:
