@@ -10,7 +10,7 @@ from types import FrameType
 import asyncpg
 import uvicorn
 
-from service import logs, migrate
+from service import logs, migrate, protocol
 from service.app import create_app
 from service.cluster import Cluster
 from service.runtime import Runtime
@@ -90,6 +90,7 @@ def serve(settings: Settings, url: str) -> bool:
         host=settings.host,
         port=settings.port,
         lifespan="on",
+        http=protocol.bounded(settings.max_header_bytes),
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=int(max(1, settings.shutdown_seconds)),

@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     max_page_events: int = Field(1000, gt=0)
     # A whole POST body, so a batch is bounded by count and by size.
     max_body_bytes: int = Field(8 * 1024 * 1024, gt=0)
+    # The request line and headers together (431 beyond it).
+    max_header_bytes: int = Field(32 * 1024, gt=1024)
 
     # Open SSE streams per replica; beyond it new streams get 503 with Retry-After.
     max_streams: int = Field(10_000, gt=0)

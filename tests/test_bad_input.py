@@ -6,7 +6,7 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.support import new_topic, publish, subscribe
+from tests.support import Service, new_topic, publish, subscribe
 
 PROBLEM = "application/problem+json"
 
@@ -141,3 +141,14 @@ async def test_sql_publish_rejects_bad_input(db: asyncpg.Connection) -> None:
         with pytest.raises(asyncpg.ProgramLimitExceededError, match="over the limit"):
             await db.execute("SELECT changefeed.publish('ok', 't', '\"0123456789\"'::jsonb)")
     assert await db.fetchval("SELECT count(*) FROM changefeed.inbox") == 0
+
+
+async def test_oversized_headers_get_431(service: Service) -> None:
+    async with httpx.AsyncClient(base_url=service.base_url, timeout=10) as client:
+        response = await client.get("/healthz", headers={"X-Big": "a" * (64 * 1024)})
+        assert response.status_code == 431
+        assert response.headers["content-type"].startswith(PROBLEM)
+        many = {f"X-H{i}": "v" * 20 for i in range(2000)}
+        assert (await client.get("/healthz", headers=many)).status_code == 431
+        # Ordinary requests on the same server are unaffected.
+        assert (await client.get("/healthz", headers={"X-Small": "a" * 1000})).status_code == 200
