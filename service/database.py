@@ -19,13 +19,23 @@ UNAVAILABLE = (
 )
 
 
+# Ask the server to probe idle client sockets, so that a replica whose host vanished (no
+# FIN) loses its session, and with it the sequencer election lock, within seconds rather
+# than after the kernel's two-hour default. Ignored on unix sockets.
+KEEPALIVES = {
+    "tcp_keepalives_idle": "5",
+    "tcp_keepalives_interval": "2",
+    "tcp_keepalives_count": "3",
+}
+
+
 async def create_pool(url: str, *, min_size: int, max_size: int) -> asyncpg.Pool:
     """The pool for short queries: publishes, page reads, health checks."""
     pool = await asyncpg.create_pool(
         url,
         min_size=min_size,
         max_size=max_size,
-        server_settings={"application_name": APPLICATION_NAME},
+        server_settings={"application_name": APPLICATION_NAME, **KEEPALIVES},
         # A replica must not hang on a dead server: connecting is bounded.
         timeout=10,
         command_timeout=30,
@@ -38,7 +48,7 @@ async def connect(url: str, role: str) -> asyncpg.Connection:
     """A dedicated connection, never pooled: LISTEN and session advisory locks live on it."""
     conn: asyncpg.Connection = await asyncpg.connect(
         url,
-        server_settings={"application_name": f"{APPLICATION_NAME}:{role}"},
+        server_settings={"application_name": f"{APPLICATION_NAME}:{role}", **KEEPALIVES},
         timeout=10,
     )
     return conn

@@ -23,6 +23,8 @@ from service.schema import ELECTION_LOCK, SCHEMA, WAKE_CHANNEL
 
 log = logs.get(__name__)
 
+# A step takes milliseconds; one that hangs this long is on a dead connection.
+_TIMEOUT = 30.0
 _LAG = f"""
 SELECT extract(epoch FROM clock_timestamp() - published_at)::float8
 FROM {SCHEMA}.inbox ORDER BY id LIMIT 1
@@ -125,13 +127,17 @@ class Sequencer:
         lag_measured = 0.0
         while True:
             if not self.is_leader:
-                won = await conn.fetchval("SELECT pg_try_advisory_lock($1)", ELECTION_LOCK)
+                won = await conn.fetchval(
+                    "SELECT pg_try_advisory_lock($1)", ELECTION_LOCK, timeout=_TIMEOUT
+                )
                 if not won:
                     await self._sleep(self._election_seconds)
                     continue
                 self._set_leader(True)
             row = await conn.fetchrow(
-                f"SELECT consumed, sequenced FROM {SCHEMA}.sequence($1)", self._batch_size
+                f"SELECT consumed, sequenced FROM {SCHEMA}.sequence($1)",
+                self._batch_size,
+                timeout=_TIMEOUT,
             )
             assert row is not None
             if row["sequenced"]:
@@ -139,7 +145,7 @@ class Sequencer:
             now = time.monotonic()
             if now - lag_measured >= 1.0:
                 lag_measured = now
-                metrics.sequencer_lag.set(await conn.fetchval(_LAG) or 0.0)
+                metrics.sequencer_lag.set(await conn.fetchval(_LAG, timeout=_TIMEOUT) or 0.0)
             if row["consumed"] >= self._batch_size:
                 continue  # more are waiting
             await self._sleep(self._poll_seconds)

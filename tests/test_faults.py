@@ -320,6 +320,19 @@ async def test_nothing_lost_or_duplicated_under_faults(
                     )
 
                 await wait_for(idle, timeout=15)
+        conn = await asyncpg.connect(url)
+        try:
+            states = await conn.fetch(
+                "SELECT application_name, state FROM pg_stat_activity "
+                "WHERE application_name LIKE 'changefeed%' AND pid <> pg_backend_pid()"
+            )
+        finally:
+            await conn.close()
+        bound = len(replicas) * (int(REPLICA_ENV["CHANGEFEED_POOL_MAX_SIZE"]) + 2)
+        print(f"database connections after the run: {len(states)} (bound {bound})")
+        assert len(states) <= bound
+        # Nothing left inside a transaction (the sequencer may be mid-step: that is 'active').
+        assert not [r for r in states if (r["state"] or "").startswith("idle in transaction")]
         rss = replicas[0].rss_bytes()
         print(f"replica rss: baseline {baseline_rss >> 20} MiB, after {rss >> 20} MiB")
         assert rss < baseline_rss + 64 * 1024 * 1024
