@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 APPLICATION_NAME = "changefeed"
 
@@ -29,19 +35,63 @@ KEEPALIVES = {
 }
 
 
-async def create_pool(url: str, *, min_size: int, max_size: int) -> asyncpg.Pool:
-    """The pool for short queries: publishes, page reads, health checks."""
+class Database:
+    """The shared pool for short queries (publishes, page reads, checks), every wait bounded.
+
+    asyncpg's pool waits without limit to take back a connection whose query timed out (it
+    waits for the server to confirm the cancel): on a silently dead connection, forever.
+    Acquiring with a timeout bounds that wait too, after which the connection is dropped.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, timeout: float) -> None:
+        self.pool = pool
+        self.timeout = timeout
+
+    @asynccontextmanager
+    async def acquire(self) -> AsyncIterator[PoolConnectionProxy]:
+        async with self.pool.acquire(timeout=self.timeout) as conn:
+            try:
+                yield conn
+            except TimeoutError:
+                # Its query timed out: drop it rather than wait for the cancel to land.
+                conn.terminate()
+                raise
+
+    async def execute(self, query: str, *args: Any) -> str:
+        async with self.acquire() as conn:
+            status: str = await conn.execute(query, *args, timeout=self.timeout)
+            return status
+
+    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        async with self.acquire() as conn:
+            rows: list[asyncpg.Record] = await conn.fetch(query, *args, timeout=self.timeout)
+            return rows
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        async with self.acquire() as conn:
+            return await conn.fetchval(query, *args, timeout=self.timeout)
+
+    async def close(self) -> None:
+        """Close the pool; connections still busy after a few seconds are cut."""
+        try:
+            await asyncio.wait_for(self.pool.close(), timeout=5)
+        except TimeoutError:
+            self.pool.terminate()
+
+
+async def create(url: str, *, min_size: int, max_size: int, timeout: float) -> Database:  # noqa: ASYNC109
+    """Open the shared pool."""
     pool = await asyncpg.create_pool(
         url,
         min_size=min_size,
         max_size=max_size,
         server_settings={"application_name": APPLICATION_NAME, **KEEPALIVES},
         # A replica must not hang on a dead server: connecting is bounded.
-        timeout=10,
-        command_timeout=30,
+        timeout=timeout,
+        command_timeout=timeout,
     )
     assert pool is not None
-    return pool
+    return Database(pool, timeout)
 
 
 async def connect(url: str, role: str) -> asyncpg.Connection:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncpg
 
+from service.database import Database
 from service.schema import SCHEMA
 
 _HEAD = f"SELECT head FROM {SCHEMA}.topics WHERE topic = $1"
@@ -17,7 +18,7 @@ ORDER BY seq
 LIMIT $3
 """
 
-Executor = asyncpg.Pool | asyncpg.Connection
+Executor = Database | asyncpg.Connection
 
 
 class AfterHead(Exception):

@@ -15,10 +15,8 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-import asyncpg
-
 from service import events, frames, logs, metrics
-from service.database import UNAVAILABLE
+from service.database import UNAVAILABLE, Database
 
 log = logs.get(__name__)
 
@@ -107,14 +105,14 @@ class Hub:
 
     def __init__(
         self,
-        pool: asyncpg.Pool,
+        db: Database,
         *,
         page_size: int,
         buffer_bytes: int,
         keepalive_seconds: float,
         recheck_seconds: float,
     ) -> None:
-        self._pool = pool
+        self._db = db
         self._page_size = page_size
         self._buffer_bytes = buffer_bytes
         self._keepalive_seconds = keepalive_seconds
@@ -246,14 +244,14 @@ class Hub:
         topics = [t for t, feed in self._feeds.items() if feed.fetched is not None]
         if not topics:
             return
-        for topic, head in (await events.heads(self._pool, topics)).items():
+        for topic, head in (await events.heads(self._db, topics)).items():
             feed = self._feeds.get(topic)
             if feed is not None:
                 self._raise_known(feed, head)
 
     async def _fetch(self, feed: Feed) -> None:
         while feed.subscribers and feed.fetched is not None and feed.known > feed.fetched:
-            rows = await events.page(self._pool, feed.topic, feed.fetched, self._page_size)
+            rows = await events.page(self._db, feed.topic, feed.fetched, self._page_size)
             if not rows:
                 feed.known = feed.fetched
                 return

@@ -57,7 +57,7 @@ class FeedController(Controller):
             max_event_bytes=runtime.settings.max_event_bytes,
             max_batch_events=runtime.settings.max_batch_events,
         )
-        await inbox.append(runtime.pool, topic, batch)
+        await inbox.append(runtime.db, topic, batch)
         metrics.published.inc(len(batch))
         runtime.sequencer.nudge()
         return Response({"accepted": len(batch)}, status_code=HTTP_202_ACCEPTED)
@@ -102,7 +102,7 @@ class FeedController(Controller):
             )
         frames = await stream.open_stream(
             runtime.hub,
-            runtime.pool,
+            runtime.db,
             topic,
             start,
             page_size=runtime.settings.max_page_events,
@@ -129,5 +129,5 @@ class FeedController(Controller):
         size = parse_seq(limit, "limit") if limit is not None else min(100, maximum)
         if not 1 <= size <= maximum:
             raise InvalidInput(f"limit must be between 1 and {maximum}")
-        body = await replay.read_page(runtime.pool, topic, start, size)
+        body = await replay.read_page(runtime.db, topic, start, size)
         return Response(body, media_type="application/json")

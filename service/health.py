@@ -22,7 +22,7 @@ async def readyz(state: State) -> Response[dict[str, Any]]:
     runtime: Runtime = state.runtime
     checks: dict[str, Any] = {"listener": runtime.listener.connected}
     try:
-        await runtime.pool.fetchval("SELECT 1", timeout=2)
+        await runtime.db.fetchval("SELECT 1")
         checks["database"] = True
     except UNAVAILABLE:
         checks["database"] = False

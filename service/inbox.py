@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import asyncpg
-
+from service.database import Database
 from service.publish import NewEvent
 from service.schema import SCHEMA
 
@@ -14,9 +13,9 @@ SELECT $1, t, d::jsonb, i FROM unnest($2::text[], $3::text[], $4::text[]) AS u(t
 """
 
 
-async def append(pool: asyncpg.Pool, topic: str, batch: list[NewEvent]) -> None:
+async def append(db: Database, topic: str, batch: list[NewEvent]) -> None:
     """Store a batch durably; when this returns, the events will be sequenced."""
-    await pool.execute(
+    await db.execute(
         _APPEND,
         topic,
         [e.type for e in batch],

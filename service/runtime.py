@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
-
-import asyncpg
 
 from service import database, logs, migrate
 from service.fanout import Hub
@@ -23,23 +20,27 @@ class Runtime:
 
     settings: Settings
     url: str
-    pool: asyncpg.Pool
+    db: database.Database
     hub: Hub
     sequencer: Sequencer
     listener: Listener
 
     @classmethod
     async def start(cls, settings: Settings, url: str) -> Runtime:
-        pool = await database.create_pool(
-            url, min_size=settings.pool_min_size, max_size=settings.pool_max_size
+        db = await database.create(
+            url,
+            min_size=settings.pool_min_size,
+            max_size=settings.pool_max_size,
+            timeout=settings.query_timeout_seconds,
         )
         try:
-            await _check_schema(pool)
+            async with db.acquire() as conn:
+                await migrate.require_head(conn)
         except BaseException:
-            await pool.close()
+            await db.close()
             raise
         hub = Hub(
-            pool,
+            db,
             page_size=settings.max_page_events,
             buffer_bytes=settings.subscriber_buffer_bytes,
             keepalive_seconds=settings.keepalive_seconds,
@@ -47,7 +48,7 @@ class Runtime:
         )
         sequencer = Sequencer(
             url,
-            pool,
+            db,
             batch_size=settings.sequencer_batch_size,
             poll_seconds=settings.sequencer_poll_seconds,
             election_seconds=settings.election_seconds,
@@ -60,7 +61,7 @@ class Runtime:
         hub.start()
         listener.start()
         sequencer.start()
-        return cls(settings, url, pool, hub, sequencer, listener)
+        return cls(settings, url, db, hub, sequencer, listener)
 
     def drain(self) -> None:
         """Shutting down: refuse new streams and end open ones so clients reconnect elsewhere."""
@@ -70,14 +71,4 @@ class Runtime:
         await self.hub.close()
         await self.listener.stop()
         await self.sequencer.stop()
-        try:
-            # Bounded: a query stuck on a dead server must not hold the exit.
-            await asyncio.wait_for(self.pool.close(), timeout=5)
-        except TimeoutError:
-            log.warning("pool.close_timed_out")
-            self.pool.terminate()
-
-
-async def _check_schema(pool: asyncpg.Pool) -> None:
-    async with pool.acquire() as conn:
-        await migrate.require_head(conn)
+        await self.db.close()

@@ -19,12 +19,17 @@ import time
 import asyncpg
 
 from service import database, logs, metrics
+from service.database import Database
 from service.schema import ELECTION_LOCK, SCHEMA, WAKE_CHANNEL
 
 log = logs.get(__name__)
 
 # A step takes milliseconds; one that hangs this long is on a dead connection.
-_TIMEOUT = 30.0
+_TIMEOUT = 10.0
+# A leader polls every CHANGEFEED_SEQUENCER_POLL_SECONDS, so its session is never idle this
+# long unless its process froze (a pause, SIGSTOP, a hung VM) while its TCP stack still
+# answers keepalives: PostgreSQL then ends the session and frees the role for another.
+_IDLE_SESSION_TIMEOUT = "10s"
 _LAG = f"""
 SELECT extract(epoch FROM clock_timestamp() - published_at)::float8
 FROM {SCHEMA}.inbox ORDER BY id LIMIT 1
@@ -37,14 +42,14 @@ class Sequencer:
     def __init__(
         self,
         url: str,
-        pool: asyncpg.Pool,
+        db: Database,
         *,
         batch_size: int,
         poll_seconds: float,
         election_seconds: float,
     ) -> None:
         self._url = url
-        self._pool = pool
+        self._db = db
         self._batch_size = batch_size
         self._poll_seconds = poll_seconds
         self._election_seconds = election_seconds
@@ -73,7 +78,7 @@ class Sequencer:
         while True:
             self._nudge_again = False
             try:
-                await self._pool.execute("SELECT pg_notify($1, '')", WAKE_CHANNEL)
+                await self._db.execute("SELECT pg_notify($1, '')", WAKE_CHANNEL)
             except database.UNAVAILABLE as exc:
                 log.warning("sequencer.nudge_failed", error=str(exc))
                 return  # the leader's poll picks the rows up
@@ -111,6 +116,8 @@ class Sequencer:
                 continue
             backoff = 0.1
             try:
+                if conn.get_server_version().major >= 14:
+                    await conn.execute(f"SET idle_session_timeout = '{_IDLE_SESSION_TIMEOUT}'")
                 await self._lead(conn)
             except database.UNAVAILABLE as exc:
                 log.warning("sequencer.connection_lost", error=str(exc))

@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     # Database pool.
     pool_min_size: int = Field(2, ge=0)
     pool_max_size: int = Field(10, gt=0)
+    # Bound on waiting for a pooled connection and on each query through it.
+    query_timeout_seconds: float = Field(10.0, gt=0)
 
     shutdown_seconds: float = Field(10.0, gt=0)
 

@@ -12,10 +12,8 @@ from __future__ import annotations
 import weakref
 from collections.abc import AsyncIterator
 
-import asyncpg
-
 from service import events, frames, logs, metrics
-from service.database import UNAVAILABLE
+from service.database import UNAVAILABLE, Database
 from service.events import AfterHead
 from service.fanout import Hub, Subscription
 
@@ -24,7 +22,7 @@ log = logs.get(__name__)
 
 async def open_stream(
     hub: Hub,
-    pool: asyncpg.Pool,
+    db: Database,
     topic: str,
     after: int | None,
     *,
@@ -39,16 +37,14 @@ async def open_stream(
     # Subscribe first, then read the head: a hint arriving in between is not lost.
     sub = hub.subscribe(topic)
     try:
-        head = await events.head(pool, topic)
+        head = await events.head(db, topic)
         if after is not None and after > head:
             raise AfterHead(after, head)
     except BaseException:
         hub.unsubscribe(sub)
         raise
     hub.observe_head(sub.feed, head)
-    frames_ = _frames(
-        hub, pool, sub, head if after is None else after, page_size, retry_milliseconds
-    )
+    frames_ = _frames(hub, db, sub, head if after is None else after, page_size, retry_milliseconds)
     # The generator's own `finally` unsubscribes once it has started; this covers a response
     # that is dropped before its first frame (unsubscribing twice is harmless).
     weakref.finalize(frames_, hub.unsubscribe, sub)
@@ -57,7 +53,7 @@ async def open_stream(
 
 async def _frames(
     hub: Hub,
-    pool: asyncpg.Pool,
+    db: Database,
     sub: Subscription,
     last: int,
     page_size: int,
@@ -85,7 +81,7 @@ async def _frames(
             fetched = sub.feed.fetched
             if behind or (fetched is not None and last < fetched):
                 try:
-                    rows = await events.page(pool, topic, last, page_size)
+                    rows = await events.page(db, topic, last, page_size)
                 except UNAVAILABLE as exc:
                     # End cleanly: the client reconnects with its Last-Event-ID and resumes.
                     log.warning("stream.database_unavailable", topic=topic, error=str(exc))

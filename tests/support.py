@@ -101,7 +101,7 @@ class Service:
         raise TimeoutError(f"service not ready within {timeout}s:\n{self.log()}")
 
     def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM and wait; returns the exit status."""
+        """SIGTERM and wait; returns the exit status (the log is kept if it is not 0)."""
         assert self.process is not None
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -111,6 +111,8 @@ class Service:
                 self.process.kill()
                 self.process.wait()
                 raise
+        if self.process.returncode == 0 and self.log_path is not None:
+            self.log_path.unlink(missing_ok=True)
         return self.process.returncode
 
     def kill(self) -> None:
@@ -308,3 +310,45 @@ class Nginx:
             self.process.terminate()
             self.process.wait(10)
         shutil.rmtree(self.prefix, ignore_errors=True)
+
+
+class BlackholeProxy:
+    """A TCP proxy to PostgreSQL whose current connections can be frozen: bytes stop
+    flowing both ways but nothing is closed, as when a network path silently dies."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = free_port()
+        self._frozen: set[asyncio.Event] = set()
+        self._pipes: list[asyncio.Event] = []
+        self._server: asyncio.base_events.Server | None = None
+
+    async def start(self) -> BlackholeProxy:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+        return self
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        flowing = asyncio.Event()
+        flowing.set()
+        self._pipes.append(flowing)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError, asyncio.CancelledError):
+                while data := await src.read(65536):
+                    await flowing.wait()  # frozen: hold the bytes, close nothing
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()  # one side ended: end the other too
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    def freeze_existing(self) -> None:
+        """Freeze every connection open now; new ones flow normally."""
+        for flowing in self._pipes:
+            flowing.clear()
+        self._pipes = []
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
