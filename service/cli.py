@@ -39,6 +39,17 @@ def main(argv: list[str] | None = None) -> int:
         description="Apply the migrations: idempotent, and safe to run from several "
         "replicas or jobs at once (they take turns on an advisory lock).",
     )
+    capture = commands.add_parser(
+        "capture",
+        help="publish every INSERT, UPDATE, DELETE and TRUNCATE of a table",
+        description="Install triggers on TABLE (schema.table) so that every change publishes "
+        "an event in the same transaction, on TOPIC (default: the table's name). Declaring "
+        "it again replaces it. SQL: SELECT changefeed.capture('schema.table', 'topic').",
+    )
+    capture.add_argument("table", help="the table, as schema.table")
+    capture.add_argument("--topic", help="the topic (default: the table's name)")
+    uncapture = commands.add_parser("uncapture", help="stop capturing a table's changes")
+    uncapture.add_argument("table", help="the table, as schema.table")
     args = parser.parse_args(argv)
 
     from service.settings import Settings
@@ -53,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "migrate":
         return _migrate(settings)
+    if args.command in ("capture", "uncapture"):
+        return _capture(settings, args.command, args.table, getattr(args, "topic", None))
     return _serve(settings, apply_migrations=args.migrate)
 
 
@@ -91,3 +104,27 @@ def _serve(settings: object, *, apply_migrations: bool) -> int:
         # asyncpg errors while connecting or migrating: one readable line, not a traceback.
         print(f"changefeed serve: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
+
+
+def _capture(settings: object, command: str, table: str, topic: str | None) -> int:
+    import asyncio
+
+    from service import capture
+    from service.settings import Settings
+
+    assert isinstance(settings, Settings)
+    if not settings.database_url:
+        print(f"changefeed {command}: set CHANGEFEED_DATABASE_URL=postgresql://…", file=sys.stderr)
+        return 2
+    try:
+        if command == "capture":
+            chosen = asyncio.run(capture.capture(settings.database_url, table, topic))
+            print(f"changefeed capture: changes of {table} are published on topic {chosen}")
+        elif asyncio.run(capture.uncapture(settings.database_url, table)):
+            print(f"changefeed uncapture: {table} is no longer captured")
+        else:
+            print(f"changefeed uncapture: {table} was not captured")
+    except Exception as exc:
+        print(f"changefeed {command}: {exc}", file=sys.stderr)
+        return 1
+    return 0

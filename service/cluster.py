@@ -15,7 +15,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-SUPERUSER = "changefeed"
+# Not "changefeed": a role named like the schema would put its unqualified tables there
+# (the default search_path starts with "$user").
+SUPERUSER = "postgres"
 DATABASE = "changefeed"
 # Unix socket paths are limited to 107 bytes; leave room for "/.s.PGSQL.NNNNN".
 _MAX_SOCKET_DIR = 80

@@ -76,6 +76,18 @@ sequencer = sa.Table(
     sa.CheckConstraint("one", name="sequencer_single_row"),
 )
 
+captures = sa.Table(
+    "captures",
+    metadata,
+    # The captured table as schema.table (text, not an oid, so that it survives dump/restore).
+    sa.Column("table_name", sa.Text, primary_key=True),
+    sa.Column("topic", sa.Text, nullable=False),
+    sa.Column("key_columns", sa.ARRAY(sa.Text), nullable=False),
+    sa.Column(
+        "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+)
+
 # Advisory lock keys (bigint). Applications sharing the database should not use these.
 MIGRATE_LOCK = 4_210_881_001
 # Taken by changefeed.sequence() for its transaction: numbering never interleaves.
