@@ -6,7 +6,7 @@ import asyncio
 
 import httpx
 
-from service.cluster import Cluster
+from service.cluster import SUPERUSER, Cluster
 from tests.support import (
     BlackholeProxy,
     Service,
@@ -29,7 +29,7 @@ async def test_listener_notices_a_silently_dead_connection(
     url = await create_database(admin_url, template)
     proxy = await BlackholeProxy(cluster.port).start()
     database = url.rsplit("/", 1)[1]
-    via_proxy = url_with_database(f"postgresql://changefeed@127.0.0.1:{proxy.port}/x", database)
+    via_proxy = url_with_database(f"postgresql://{SUPERUSER}@127.0.0.1:{proxy.port}/x", database)
     service = Service(via_proxy, env={"CHANGEFEED_RECHECK_SECONDS": "1"})
     await asyncio.to_thread(service.start)
     try:
