@@ -15,19 +15,29 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
+import asyncpg
+
 from service import events, frames, logs, metrics
 from service.database import UNAVAILABLE, Database
+from service.topics import Selector
 
 log = logs.get(__name__)
 
 
+# The key of the feed that reads every topic in global order, for multi-topic streams.
+# Not a valid topic name, so it cannot collide with one.
+GLOBAL = "*"
+
+
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """Consecutive events of one topic, ``first``..``last``, already encoded as SSE frames."""
+    """What a feed read covers, ``first``..``last`` (seqs of one topic, or global positions),
+    and the ``count`` events of it that a subscriber gets, already encoded as SSE frames."""
 
     first: int
     last: int
     data: bytes
+    count: int
 
 
 class Subscription:
@@ -42,10 +52,13 @@ class Subscription:
         "feed",
         "keepalive_due",
         "overflowed",
+        "selector",
     )
 
-    def __init__(self, feed: Feed, limit: int) -> None:
+    def __init__(self, feed: Feed, limit: int, selector: Selector | None = None) -> None:
         self.feed = feed
+        # For a multi-topic stream: which of the global feed's events it takes.
+        self.selector = selector
         self._limit = limit
         self._batches: deque[Batch] = deque()
         self._bytes = 0
@@ -92,6 +105,7 @@ class Feed:
     __slots__ = ("fetched", "known", "subscribers", "topic")
 
     def __init__(self, topic: str) -> None:
+        # A topic, or GLOBAL for the feed of all topics by global position.
         self.topic = topic
         self.subscribers: set[Subscription] = set()
         # The last seq read from the table and offered; None until the first head read.
@@ -127,13 +141,16 @@ class Hub:
 
     # -- subscriptions -------------------------------------------------------------------
 
-    def subscribe(self, topic: str) -> Subscription:
-        """Register a subscriber before its first head read, so that no hint is missed."""
+    def subscribe(self, topic: str, selector: Selector | None = None) -> Subscription:
+        """Register a subscriber before its first head read, so that no hint is missed.
+
+        ``topic`` is a topic, or GLOBAL with a ``selector`` for a multi-topic stream.
+        """
         feed = self._feeds.get(topic)
         if feed is None:
             feed = self._feeds[topic] = Feed(topic)
             metrics.feeds.inc()
-        sub = Subscription(feed, self._buffer_bytes)
+        sub = Subscription(feed, self._buffer_bytes, selector)
         feed.subscribers.add(sub)
         self.subscriber_count += 1
         metrics.subscriptions.inc()
@@ -162,9 +179,13 @@ class Hub:
     def on_hint(self, payload: str) -> None:
         """A sequencer notification: ``{"position": p, "topics": {topic: head}}``."""
         try:
-            topics = json.loads(payload).get("topics")
+            hint = json.loads(payload)
+            topics, position = hint.get("topics"), hint.get("position")
         except (ValueError, AttributeError):
-            topics = None
+            topics = position = None
+        feed = self._feeds.get(GLOBAL)
+        if feed is not None and isinstance(position, int):
+            self._raise_known(feed, position)
         if not isinstance(topics, dict):
             # Too many topics for one notification (or a foreign payload): check them all.
             self.recheck()
@@ -241,29 +262,58 @@ class Hub:
                 self._wake.set()
 
     async def _check_heads(self) -> None:
-        topics = [t for t, feed in self._feeds.items() if feed.fetched is not None]
-        if not topics:
-            return
-        for topic, head in (await events.heads(self._db, topics)).items():
-            feed = self._feeds.get(topic)
-            if feed is not None:
-                self._raise_known(feed, head)
+        topics = [t for t, f in self._feeds.items() if f.fetched is not None and t != GLOBAL]
+        if topics:
+            for topic, head in (await events.heads(self._db, topics)).items():
+                feed = self._feeds.get(topic)
+                if feed is not None:
+                    self._raise_known(feed, head)
+        feed = self._feeds.get(GLOBAL)
+        if feed is not None and feed.fetched is not None:
+            self._raise_known(feed, await events.global_head(self._db))
 
     async def _fetch(self, feed: Feed) -> None:
         while feed.subscribers and feed.fetched is not None and feed.known > feed.fetched:
-            rows = await events.page(self._db, feed.topic, feed.fetched, self._page_size)
-            if not rows:
+            if feed.topic == GLOBAL:
+                rows, covered = await events.global_page(
+                    self._db, None, feed.fetched, self._page_size
+                )
+                self._offer_selected(feed, rows, covered)
+            else:
+                rows = await events.page(self._db, feed.topic, feed.fetched, self._page_size)
+                covered = rows[-1]["seq"] if rows else feed.fetched
+                batch = Batch(feed.fetched + 1, covered, frames.encode(rows), len(rows))
+                for sub in feed.subscribers:
+                    sub.offer(batch)
+            if covered == feed.fetched:
                 feed.known = feed.fetched
                 return
-            batch = Batch(rows[0]["seq"], rows[-1]["seq"], frames.encode(rows))
-            feed.fetched = batch.last
-            if feed.known < feed.fetched:
-                feed.known = feed.fetched
-            for sub in feed.subscribers:
-                sub.offer(batch)
-            now = time.time()
-            for row in rows:
-                metrics.delivery_latency.observe(max(0.0, now - row["published_at"].timestamp()))
+            feed.fetched = covered
+            feed.known = max(feed.known, covered)
+            if feed.topic != GLOBAL:
+                now = time.time()
+                for row in rows:
+                    metrics.delivery_latency.observe(
+                        max(0.0, now - row["published_at"].timestamp())
+                    )
+
+    def _offer_selected(self, feed: Feed, rows: list[asyncpg.Record], covered: int) -> None:
+        """Offer a global read to multi-topic subscribers: each frame encoded once, and the
+        same filtered bytes to every subscriber with the same selection."""
+        assert feed.fetched is not None
+        encoded = frames.encode_multi(rows)
+        by_selection: dict[str, Batch] = {}
+        for sub in feed.subscribers:
+            assert sub.selector is not None
+            key = str(sub.selector)
+            batch = by_selection.get(key)
+            if batch is None:
+                chosen = [f for row, f in zip(rows, encoded, strict=True)
+                          if sub.selector.matches(row["topic"])]  # fmt: skip
+                batch = by_selection[key] = Batch(
+                    feed.fetched + 1, covered, b"".join(chosen), len(chosen)
+                )
+            sub.offer(batch)
 
     async def _keepalive_loop(self) -> None:
         # One shared ticker rather than a timer per stream: idle streams cost nothing.

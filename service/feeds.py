@@ -14,7 +14,7 @@ from litestar.status_codes import HTTP_202_ACCEPTED
 from service import inbox, metrics, publish, replay, stream
 from service.problems import unavailable
 from service.runtime import Runtime
-from service.topics import InvalidInput, check_topic, parse_seq
+from service.topics import InvalidInput, Selector, check_topic, parse_seq
 
 SSE_HEADERS = {
     "Cache-Control": "no-cache",
@@ -68,7 +68,8 @@ class FeedController(Controller):
         description=(
             "A `text/event-stream`. Each event is a frame with `id: <seq>`, `event: <type>`, "
             "`data: <JSON>`. Starts after the `Last-Event-ID` header if present, else after "
-            "`?after=<seq>`, else at the live tail. `after=0` replays the whole topic."
+            "`?after=<seq>`, else at the live tail. `after=0` replays the whole topic. "
+            "A `*` in the name makes it a pattern over topics (`orders.*`): see `GET /feeds`."
         ),
         responses={
             200: ResponseSpec(
@@ -85,30 +86,40 @@ class FeedController(Controller):
             str | None, Parameter(query="after", description="Start after this seq")
         ] = None,
     ) -> Stream:
-        runtime = _runtime(state)
-        check_topic(topic)
-        if last_event_id is not None and last_event_id.strip():
-            start: int | None = parse_seq(last_event_id, "Last-Event-ID")
-        elif after is not None:
-            start = parse_seq(after, "after")
+        source: stream.Source
+        if "*" in topic:
+            source = stream.SelectionSource(Selector([topic]))
         else:
-            start = None
-        if runtime.hub.closed:
-            raise unavailable("this replica is shutting down; reconnect")
-        if runtime.hub.subscriber_count >= runtime.settings.max_streams:
-            raise unavailable(
-                f"this replica serves its maximum of {runtime.settings.max_streams} streams; "
-                "retry after the delay in Retry-After"
+            source = stream.TopicSource(check_topic(topic))
+        return await _open(_runtime(state), source, last_event_id, after)
+
+    @get(
+        "/",
+        summary="Subscribe to several topics (Server-Sent Events)",
+        description=(
+            "Events of several topics (`?topic=a&topic=b`, patterns such as `orders.*` allowed) "
+            "in one order: the global position, which is the frames' `id`. Each frame's data "
+            'is `{"topic", "seq", "data"}`. Resuming works as for one topic, with positions.'
+        ),
+        responses={
+            200: ResponseSpec(
+                data_container=str, media_type="text/event-stream", description="The event stream"
             )
-        frames = await stream.open_stream(
-            runtime.hub,
-            runtime.db,
-            topic,
-            start,
-            page_size=runtime.settings.max_page_events,
-            retry_milliseconds=runtime.settings.retry_milliseconds,
-        )
-        return Stream(frames, media_type="text/event-stream", headers=SSE_HEADERS)
+        },
+    )
+    async def subscribe_many(
+        self,
+        state: State,
+        topic: Annotated[
+            list[str] | None, Parameter(query="topic", description="A topic or pattern; repeat")
+        ] = None,
+        last_event_id: Annotated[str | None, Parameter(header="Last-Event-ID")] = None,
+        after: Annotated[
+            str | None, Parameter(query="after", description="Start after this position")
+        ] = None,
+    ) -> Stream:
+        source = stream.SelectionSource(Selector(topic or []))
+        return await _open(_runtime(state), source, last_event_id, after)
 
     @get(
         "/{topic:str}/events",
@@ -131,3 +142,31 @@ class FeedController(Controller):
             raise InvalidInput(f"limit must be between 1 and {maximum}")
         body = await replay.read_page(runtime.db, topic, start, size)
         return Response(body, media_type="application/json")
+
+
+async def _open(
+    runtime: Runtime, source: stream.Source, last_event_id: str | None, after: str | None
+) -> Stream:
+    # The header wins: a browser's EventSource reconnects to the same URL and adds it.
+    if last_event_id is not None and last_event_id.strip():
+        start: int | None = parse_seq(last_event_id, "Last-Event-ID")
+    elif after is not None:
+        start = parse_seq(after, "after")
+    else:
+        start = None
+    if runtime.hub.closed:
+        raise unavailable("this replica is shutting down; reconnect")
+    if runtime.hub.subscriber_count >= runtime.settings.max_streams:
+        raise unavailable(
+            f"this replica serves its maximum of {runtime.settings.max_streams} streams; "
+            "retry after the delay in Retry-After"
+        )
+    frames = await stream.open_stream(
+        runtime.hub,
+        runtime.db,
+        source,
+        start,
+        page_size=runtime.settings.max_page_events,
+        retry_milliseconds=runtime.settings.retry_milliseconds,
+    )
+    return Stream(frames, media_type="text/event-stream", headers=SSE_HEADERS)

@@ -27,3 +27,19 @@ def encode(rows: Iterable[asyncpg.Record]) -> bytes:
         % (row["seq"], row["type"].encode(), row["data"].encode())
         for row in rows
     )
+
+
+def encode_multi(rows: Iterable[asyncpg.Record]) -> list[bytes]:
+    """Frames for a multi-topic stream, one per event: the id is the global position and
+    the data names the topic and seq. Topics need no JSON escaping (``[A-Za-z0-9._:-]``)."""
+    return [
+        b'id: %d\nevent: %s\ndata: {"topic": "%s", "seq": %d, "data": %s}\n\n'
+        % (
+            row["position"],
+            row["type"].encode(),
+            row["topic"].encode(),
+            row["seq"],
+            row["data"].encode(),
+        )
+        for row in rows
+    ]

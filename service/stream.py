@@ -1,10 +1,12 @@
 """One subscriber's SSE stream: catch up from the table, then follow the live fan-out.
 
-The stream remembers the last seq it wrote. It takes batches from the hub only when they
-continue exactly from there; whenever it is behind the feed (resuming from an old seq, a
-batch that overlaps what it already sent, or a buffer that overflowed because the client
-read slowly), it pages from the table instead. So the hand-over from history to live
-events has no gap and no duplicate, whatever the timing.
+A stream reads one topic (positions are its seqs) or several topics in global order
+(positions are global positions), and remembers the position it has covered. It takes
+batches from the hub only when they continue exactly from there; whenever it is behind the
+feed (resuming from an old position, a batch that overlaps what it already sent, or a
+buffer that overflowed because the client read slowly), it pages from the table instead.
+So the hand-over from history to live events has no gap and no duplicate, whatever the
+timing.
 """
 
 from __future__ import annotations
@@ -15,15 +17,57 @@ from collections.abc import AsyncIterator
 from service import events, frames, logs, metrics
 from service.database import UNAVAILABLE, Database
 from service.events import AfterHead
-from service.fanout import Hub, Subscription
+from service.fanout import GLOBAL, Hub, Subscription
+from service.topics import Selector
 
 log = logs.get(__name__)
+
+
+class TopicSource:
+    """One topic's events; the stream's position is a seq."""
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+        self.feed_key = topic
+        self.selector: Selector | None = None
+
+    async def head(self, db: Database) -> int:
+        return await events.head(db, self.topic)
+
+    async def read(self, db: Database, after: int, limit: int) -> tuple[bytes, int, int]:
+        """Frames after ``after``, how many, and the position they cover up to."""
+        rows = await events.page(db, self.topic, after, limit)
+        return frames.encode(rows), len(rows), rows[-1]["seq"] if rows else after
+
+    def __str__(self) -> str:
+        return self.topic
+
+
+class SelectionSource:
+    """Several topics in global order; the stream's position is a global position."""
+
+    def __init__(self, selector: Selector) -> None:
+        self.selector: Selector | None = selector
+        self.feed_key = GLOBAL
+
+    async def head(self, db: Database) -> int:
+        return await events.global_head(db)
+
+    async def read(self, db: Database, after: int, limit: int) -> tuple[bytes, int, int]:
+        rows, covered = await events.global_page(db, self.selector, after, limit)
+        return b"".join(frames.encode_multi(rows)), len(rows), covered
+
+    def __str__(self) -> str:
+        return str(self.selector)
+
+
+Source = TopicSource | SelectionSource
 
 
 async def open_stream(
     hub: Hub,
     db: Database,
-    topic: str,
+    source: Source,
     after: int | None,
     *,
     page_size: int,
@@ -35,16 +79,17 @@ async def open_stream(
     Raises ``AfterHead`` before anything is sent when ``after`` is past the head.
     """
     # Subscribe first, then read the head: a hint arriving in between is not lost.
-    sub = hub.subscribe(topic)
+    sub = hub.subscribe(source.feed_key, source.selector)
     try:
-        head = await events.head(db, topic)
+        head = await source.head(db)
         if after is not None and after > head:
             raise AfterHead(after, head)
     except BaseException:
         hub.unsubscribe(sub)
         raise
     hub.observe_head(sub.feed, head)
-    frames_ = _frames(hub, db, sub, head if after is None else after, page_size, retry_milliseconds)
+    start = head if after is None else after
+    frames_ = _frames(hub, db, source, sub, start, page_size, retry_milliseconds)
     # The generator's own `finally` unsubscribes once it has started; this covers a response
     # that is dropped before its first frame (unsubscribing twice is harmless).
     weakref.finalize(frames_, hub.unsubscribe, sub)
@@ -54,14 +99,15 @@ async def open_stream(
 async def _frames(
     hub: Hub,
     db: Database,
+    source: Source,
     sub: Subscription,
     last: int,
     page_size: int,
     retry_milliseconds: int,
 ) -> AsyncIterator[bytes]:
-    topic = sub.feed.topic
+    name = str(source)
     metrics.open_streams.inc()
-    log.info("stream.open", topic=topic, after=last)
+    log.info("stream.open", topic=name, after=last)
     try:
         yield frames.retry(retry_milliseconds)
         while not sub.closed:
@@ -74,22 +120,23 @@ async def _frames(
                     behind = True  # a gap or an overlap: the table settles it
                     break
                 ready.append(batch.data)
-                metrics.delivered.inc(batch.last - last)
+                metrics.delivered.inc(batch.count)
                 last = batch.last
             if ready:
                 yield b"".join(ready)
             fetched = sub.feed.fetched
             if behind or (fetched is not None and last < fetched):
                 try:
-                    rows = await events.page(db, topic, last, page_size)
+                    data, count, covered = await source.read(db, last, page_size)
                 except UNAVAILABLE as exc:
                     # End cleanly: the client reconnects with its Last-Event-ID and resumes.
-                    log.warning("stream.database_unavailable", topic=topic, error=str(exc))
+                    log.warning("stream.database_unavailable", topic=name, error=str(exc))
                     return
-                if rows:
-                    yield frames.encode(rows)
-                    metrics.delivered.inc(len(rows))
-                    last = rows[-1]["seq"]
+                if covered > last:
+                    if data:
+                        yield data
+                    metrics.delivered.inc(count)
+                    last = covered
                     continue
             if sub.keepalive_due:
                 sub.keepalive_due = False
@@ -100,4 +147,4 @@ async def _frames(
         # Runs on a clean end, on shutdown and when the client goes away (cancellation).
         hub.unsubscribe(sub)
         metrics.open_streams.dec()
-        log.info("stream.close", topic=topic, last=last)
+        log.info("stream.close", topic=name, last=last)

@@ -28,3 +28,49 @@ def parse_seq(value: str, source: str) -> int:
     if not _SEQ.fullmatch(value.strip()):
         raise InvalidInput(f"invalid {source} {value[:50]!r}: expected a seq, a whole number >= 0")
     return int(value)
+
+
+PATTERN = re.compile(r"[A-Za-z0-9._:*-]{1,200}")
+
+
+class Selector:
+    """Several topics streamed together: exact names and ``*`` patterns.
+
+    ``*`` matches any run of characters, dots included: ``orders.*`` matches
+    ``orders.eu`` and ``orders.eu.paid``, not ``orders``.
+    """
+
+    def __init__(self, names: list[str]) -> None:
+        if not names:
+            raise InvalidInput(
+                "name at least one topic: ?topic=a&topic=b, or a pattern such as a.*"
+            )
+        if len(names) > 100:
+            raise InvalidInput("at most 100 topics or patterns in one stream")
+        self.topics = sorted({check_topic(n) for n in names if "*" not in n})
+        self.patterns = sorted({_check_pattern(n) for n in names if "*" in n})
+        self._regex = re.compile(
+            "|".join(
+                [re.escape(t) for t in self.topics]
+                + [".*".join(re.escape(part) for part in p.split("*")) for p in self.patterns]
+            )
+        )
+
+    def matches(self, topic: str) -> bool:
+        return self._regex.fullmatch(topic) is not None
+
+    @property
+    def like_patterns(self) -> list[str]:
+        """The patterns for SQL ``LIKE`` (``\\`` escapes ``_``, which topics may contain)."""
+        return [p.replace("_", "\\_").replace("*", "%") for p in self.patterns]
+
+    def __str__(self) -> str:
+        return ",".join(self.topics + self.patterns)
+
+
+def _check_pattern(pattern: str) -> str:
+    if not PATTERN.fullmatch(pattern):
+        raise InvalidInput(
+            f"invalid topic pattern {pattern[:50]!r}: A-Z a-z 0-9 . _ : - and * (any characters)"
+        )
+    return pattern
