@@ -14,6 +14,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsPlugin
 
 from service import __version__, health, problems
+from service.consumers import ConsumerController
 from service.feeds import FeedController
 from service.runtime import Runtime
 from service.settings import Settings
@@ -38,7 +39,13 @@ def create_app(
             await runtime.stop()
 
     return Litestar(
-        route_handlers=[FeedController, health.healthz, health.readyz, health.metrics],
+        route_handlers=[
+            FeedController,
+            ConsumerController,
+            health.healthz,
+            health.readyz,
+            health.metrics,
+        ],
         lifespan=[lifespan],
         before_request=_bind_request_context,
         exception_handlers=problems.handlers(),

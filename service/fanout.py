@@ -138,6 +138,8 @@ class Hub:
         self._tasks: list[asyncio.Task[None]] = []
         self.closed = False
         self.subscriber_count = 0
+        # Set (and replaced) on every notification, for long polls waiting for new events.
+        self._hinted = asyncio.Event()
 
     # -- subscriptions -------------------------------------------------------------------
 
@@ -176,8 +178,15 @@ class Hub:
 
     # -- hints ---------------------------------------------------------------------------
 
+    async def wait_for_hint(self, seconds: float) -> None:
+        """Until the next sequencer notification, or ``seconds``."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._hinted.wait(), seconds)
+
     def on_hint(self, payload: str) -> None:
         """A sequencer notification: ``{"position": p, "topics": {topic: head}}``."""
+        self._hinted.set()
+        self._hinted = asyncio.Event()
         try:
             hint = json.loads(payload)
             topics, position = hint.get("topics"), hint.get("position")
@@ -308,8 +317,8 @@ class Hub:
             key = str(sub.selector)
             batch = by_selection.get(key)
             if batch is None:
-                chosen = [f for row, f in zip(rows, encoded, strict=True)
-                          if sub.selector.matches(row["topic"])]  # fmt: skip
+                pairs = zip(rows, encoded, strict=True)
+                chosen = [f for row, f in pairs if sub.selector.matches(row["topic"])]
                 batch = by_selection[key] = Batch(
                     feed.fetched + 1, covered, b"".join(chosen), len(chosen)
                 )

@@ -12,6 +12,7 @@ from litestar.types import ExceptionHandlersMap
 from service import logs
 from service.database import UNAVAILABLE
 from service.events import AfterHead
+from service.leases import LeaseLost, UnknownConsumer
 from service.topics import InvalidInput
 
 log = logs.get(__name__)
@@ -55,6 +56,16 @@ def _after_head(request: Request[Any, Any, Any], exc: AfterHead) -> Response[Any
     ).to_response(request)
 
 
+def _unknown_consumer(request: Request[Any, Any, Any], exc: UnknownConsumer) -> Response[Any]:
+    return problem(
+        404, "unknown-consumer", "No such consumer", f"no consumer is named {exc.args[0]!r}"
+    ).to_response(request)
+
+
+def _lease_lost(request: Request[Any, Any, Any], exc: LeaseLost) -> Response[Any]:
+    return problem(409, "lease-lost", "Lease not held", str(exc)).to_response(request)
+
+
 def _data_error(request: Request[Any, Any, Any], exc: asyncpg.DataError) -> Response[Any]:
     # PostgreSQL refused a value the JSON parser let through (e.g. \u0000 in a string).
     return problem(
@@ -77,6 +88,8 @@ def handlers() -> ExceptionHandlersMap:
     mapping: ExceptionHandlersMap = {
         InvalidInput: _invalid_input,
         AfterHead: _after_head,
+        UnknownConsumer: _unknown_consumer,
+        LeaseLost: _lease_lost,
         asyncpg.DataError: _data_error,
     }
     for exc_type in UNAVAILABLE:

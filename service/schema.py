@@ -8,7 +8,7 @@ with ``topics`` holding each topic's head and ``sequencer`` the global position 
 from __future__ import annotations
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import JSONB, UUID
 
 SCHEMA = "changefeed"
 TOPIC_PATTERN = r"^[A-Za-z0-9._:-]{1,200}$"
@@ -86,6 +86,36 @@ captures = sa.Table(
     sa.Column(
         "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
     ),
+)
+
+consumers = sa.Table(
+    "consumers",
+    metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("selection", sa.ARRAY(sa.Text), nullable=False),
+    sa.Column("topics", sa.ARRAY(sa.Text), nullable=False),
+    sa.Column("patterns", sa.ARRAY(sa.Text), nullable=False),
+    sa.Column("visibility_timeout", sa.Interval, nullable=False),
+    sa.Column(
+        "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+    sa.CheckConstraint(f"name ~ '{TOPIC_PATTERN}'", name="consumers_name_format"),
+)
+
+consumer_topics = sa.Table(
+    "consumer_topics",
+    metadata,
+    sa.Column(
+        "consumer",
+        sa.Text,
+        sa.ForeignKey(f"{SCHEMA}.consumers.name", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("topic", sa.Text, primary_key=True),
+    sa.Column("acked_seq", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("lease", UUID(as_uuid=True)),
+    sa.Column("lease_expires", sa.DateTime(timezone=True)),
+    sa.Column("leased_seq", sa.BigInteger),
 )
 
 # Advisory lock keys (bigint). Applications sharing the database should not use these.

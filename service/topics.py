@@ -42,9 +42,7 @@ class Selector:
 
     def __init__(self, names: list[str]) -> None:
         if not names:
-            raise InvalidInput(
-                "name at least one topic: ?topic=a&topic=b, or a pattern such as a.*"
-            )
+            raise InvalidInput("name at least one topic or pattern (such as orders.*)")
         if len(names) > 100:
             raise InvalidInput("at most 100 topics or patterns in one stream")
         self.topics = sorted({check_topic(n) for n in names if "*" not in n})

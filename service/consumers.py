@@ -1,0 +1,143 @@
+"""HTTP handlers for ``/consumers``: durable, shared, at-least-once consumption."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Annotated, Any, Literal
+
+import msgspec
+from litestar import Controller, Request, Response, delete, get, post, put
+from litestar.datastructures import State
+from litestar.openapi import ResponseSpec
+from litestar.params import Parameter
+from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
+
+from service import leases
+from service.runtime import Runtime
+from service.topics import InvalidInput, Selector, check_topic, parse_seq
+
+MAX_WAIT_SECONDS = 30
+
+
+class ConsumerIn(msgspec.Struct, forbid_unknown_fields=True):
+    """A consumer's definition: the topics (names or ``*`` patterns) it reads."""
+
+    topics: list[str]
+    # Seconds a worker holds a batch before its events are handed out again.
+    visibility_timeout: float = 30.0
+    # Where a new consumer begins: every stored event, or only events from now on.
+    start: Literal["earliest", "latest"] = "earliest"
+
+
+class AckIn(msgspec.Struct, forbid_unknown_fields=True):
+    """Acknowledge a lease, up to a global position (all of it when omitted)."""
+
+    lease: str
+    position: int | None = None
+
+
+def _runtime(state: State) -> Runtime:
+    runtime: Runtime = state.runtime
+    return runtime
+
+
+def _decode(body: bytes, kind: type[Any]) -> Any:
+    try:
+        return msgspec.json.decode(body, type=kind)
+    except msgspec.ValidationError as exc:
+        raise InvalidInput(f"invalid body: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise InvalidInput(f"malformed JSON: {exc}") from None
+
+
+class ConsumerController(Controller):
+    path = "/consumers"
+    tags = ["consumers"]
+
+    @put(
+        "/{name:str}",
+        summary="Create or update a named consumer",
+        description=(
+            'Body: `{"topics": ["orders", "billing.*"], "visibility_timeout": 30, '
+            '"start": "earliest"}`. 201 when created, 200 when updated (its cursors stay).'
+        ),
+        status_code=HTTP_200_OK,
+    )
+    async def define(
+        self, name: str, request: Request[Any, Any, Any], state: State
+    ) -> Response[dict[str, Any]]:
+        runtime = _runtime(state)
+        check_topic(name)
+        spec: ConsumerIn = _decode(await request.body(), ConsumerIn)
+        if not 0.1 <= spec.visibility_timeout <= 43200:
+            raise InvalidInput("visibility_timeout must be between 0.1 and 43200 seconds")
+        created = await leases.define(
+            runtime.db, name, Selector(spec.topics), spec.visibility_timeout, spec.start
+        )
+        body = await leases.describe(runtime.db, name)
+        return Response(body, status_code=HTTP_201_CREATED if created else HTTP_200_OK)
+
+    @get("/", summary="All consumers with their lag")
+    async def list_consumers(self, state: State) -> dict[str, Any]:
+        return {"consumers": await leases.list_all(_runtime(state).db)}
+
+    @get("/{name:str}", summary="A consumer: its lag and per-topic cursors")
+    async def describe(self, name: str, state: State) -> dict[str, Any]:
+        return await leases.describe(_runtime(state).db, check_topic(name))
+
+    @delete(
+        "/{name:str}", summary="Delete a consumer and its cursors", status_code=HTTP_204_NO_CONTENT
+    )
+    async def remove(self, name: str, state: State) -> None:
+        await leases.delete(_runtime(state).db, check_topic(name))
+
+    @get(
+        "/{name:str}/events",
+        summary="Lease a batch of events (long poll)",
+        description=(
+            "Up to `limit` events, leased to the caller until `expires_at`: acknowledge them "
+            "with `POST /consumers/{name}/ack`, or they are handed out again (at least once). "
+            "Workers share a consumer by topic: no two hold events of one topic at once, and "
+            "each topic is delivered in order. Waits up to `wait` seconds for events."
+        ),
+        responses={200: ResponseSpec(data_container=dict[str, Any], description="A batch")},
+    )
+    async def poll(
+        self,
+        name: str,
+        state: State,
+        limit: Annotated[str, Parameter(query="limit", description="At most this many")] = "100",
+        wait: Annotated[str, Parameter(query="wait", description="Seconds to wait")] = "0",
+    ) -> Response[bytes]:
+        runtime = _runtime(state)
+        check_topic(name)
+        size = parse_seq(limit, "limit")
+        if not 1 <= size <= runtime.settings.max_page_events:
+            raise InvalidInput(f"limit must be between 1 and {runtime.settings.max_page_events}")
+        seconds = parse_seq(wait, "wait")
+        if seconds > MAX_WAIT_SECONDS:
+            raise InvalidInput(f"wait must be at most {MAX_WAIT_SECONDS} seconds")
+        deadline = time.monotonic() + seconds
+        while True:
+            batch = await leases.lease(runtime.db, name, size)
+            remaining = deadline - time.monotonic()
+            if batch.events or remaining <= 0 or runtime.hub.closed:
+                return Response(leases.encode(batch), media_type="application/json")
+            # New events arrive with a notification; a lapsed lease of another worker does
+            # not, hence the short ceiling.
+            await runtime.hub.wait_for_hint(min(remaining, 1.0))
+
+    @post("/{name:str}/ack", summary="Acknowledge a leased batch", status_code=HTTP_200_OK)
+    async def ack(self, name: str, request: Request[Any, Any, Any], state: State) -> dict[str, Any]:
+        runtime = _runtime(state)
+        check_topic(name)
+        spec: AckIn = _decode(await request.body(), AckIn)
+        try:
+            lease_id = uuid.UUID(spec.lease)
+        except ValueError:
+            raise InvalidInput(f"invalid lease {spec.lease[:50]!r}") from None
+        if spec.position is not None and spec.position < 0:
+            raise InvalidInput("position must be a whole number >= 0")
+        cursors = await leases.ack(runtime.db, name, lease_id, spec.position)
+        return {"consumer": name, "acked": cursors}
