@@ -1,17 +1,39 @@
-"""The ``changefeed`` command."""
+"""The ``changefeed`` command: run the service, manage its database, and talk to it."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pydantic
 
 from service import __version__, logs
+from service.settings import Settings
+
+Handler = Callable[[Settings, argparse.Namespace], int]
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        flags = {"host": getattr(args, "host", None), "port": getattr(args, "port", None)}
+        settings = Settings(**{k: v for k, v in flags.items() if v is not None})
+    except pydantic.ValidationError as exc:
+        print(f"changefeed: invalid configuration:\n{exc}", file=sys.stderr)
+        return 2
+    if getattr(args, "url", None):
+        settings = settings.model_copy(update={"url": args.url})
+    logs.configure(settings.log_level, settings.log_format)
+    handler: Handler = args.handler
+    return handler(settings, args)
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="changefeed",
         description="An exactly-resumable change feed over PostgreSQL, served as SSE.",
@@ -29,16 +51,18 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", help="interface to bind (default 127.0.0.1, CHANGEFEED_HOST)")
     serve.add_argument("--port", type=int, help="port (default 8000, CHANGEFEED_PORT)")
     serve.add_argument(
-        "--migrate",
-        action="store_true",
-        help="apply migrations to CHANGEFEED_DATABASE_URL before serving",
+        "--migrate", action="store_true", help="apply migrations to the database first"
     )
-    commands.add_parser(
+    serve.set_defaults(handler=_serve)
+
+    migrate = commands.add_parser(
         "migrate",
         help="apply the schema migrations to CHANGEFEED_DATABASE_URL",
         description="Apply the migrations: idempotent, and safe to run from several "
         "replicas or jobs at once (they take turns on an advisory lock).",
     )
+    migrate.set_defaults(handler=_migrate)
+
     capture = commands.add_parser(
         "capture",
         help="publish every INSERT, UPDATE, DELETE and TRUNCATE of a table",
@@ -48,53 +72,68 @@ def main(argv: list[str] | None = None) -> int:
     )
     capture.add_argument("table", help="the table, as schema.table")
     capture.add_argument("--topic", help="the topic (default: the table's name)")
+    capture.set_defaults(handler=_capture)
     uncapture = commands.add_parser("uncapture", help="stop capturing a table's changes")
     uncapture.add_argument("table", help="the table, as schema.table")
-    args = parser.parse_args(argv)
+    uncapture.set_defaults(handler=_uncapture)
 
-    from service.settings import Settings
+    publish = commands.add_parser(
+        "publish", help="publish one event", description="Publish one event whose data is JSON."
+    )
+    publish.add_argument("topic")
+    publish.add_argument("json", help="the event's data, any JSON value")
+    publish.add_argument("--type", default="message", help="the event's type (default message)")
+    publish.add_argument("--id", help="a unique id: publishing it again stores nothing new")
+    publish.set_defaults(handler=_publish)
 
-    try:
-        flags = {"host": getattr(args, "host", None), "port": getattr(args, "port", None)}
-        settings = Settings(**{k: v for k, v in flags.items() if v is not None})
-    except pydantic.ValidationError as exc:
-        print(f"changefeed: invalid configuration:\n{exc}", file=sys.stderr)
-        return 2
-    logs.configure(settings.log_level, settings.log_format)
+    tail = commands.add_parser(
+        "tail",
+        help="follow a topic, printing one JSON line per event",
+        description="Follow TOPIC (or a pattern such as orders.*) live, reconnecting and "
+        "resuming as needed; one JSON object per line.",
+    )
+    tail.add_argument("topic")
+    tail.add_argument("--after", type=int, help="start after this seq (0: from the start)")
+    tail.add_argument("--count", type=int, help="stop after this many events")
+    tail.set_defaults(handler=_tail)
 
-    if args.command == "migrate":
-        return _migrate(settings)
-    if args.command in ("capture", "uncapture"):
-        return _capture(settings, args.command, args.table, getattr(args, "topic", None))
-    return _serve(settings, apply_migrations=args.migrate)
+    consumers = commands.add_parser("consumers", help="list, show, create or delete consumers")
+    actions = consumers.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions.add_parser("list", help="all consumers with their lag").set_defaults(
+        handler=_consumers_list
+    )
+    show = actions.add_parser("show", help="a consumer and its per-topic cursors")
+    show.add_argument("name")
+    show.set_defaults(handler=_consumers_show)
+    create = actions.add_parser("create", help="create or update a consumer")
+    create.add_argument("name")
+    create.add_argument(
+        "--topic", action="append", required=True, help="a topic or pattern; repeat for more"
+    )
+    create.add_argument("--visibility-timeout", type=float, default=30.0)
+    create.add_argument("--start", choices=["earliest", "latest"], default="earliest")
+    create.set_defaults(handler=_consumers_create)
+    remove = actions.add_parser("delete", help="delete a consumer")
+    remove.add_argument("name")
+    remove.set_defaults(handler=_consumers_delete)
+
+    for client_command in (publish, tail, consumers):
+        client_command.add_argument(
+            "--url", help="the service (default http://127.0.0.1:8000, CHANGEFEED_URL)"
+        )
+    return parser
 
 
-def _migrate(settings: object) -> int:
-    from service import migrate
-    from service.settings import Settings
-
-    assert isinstance(settings, Settings)
-    if not settings.database_url:
-        print("changefeed migrate: set CHANGEFEED_DATABASE_URL=postgresql://…", file=sys.stderr)
-        return 2
-    try:
-        migrate.upgrade(settings.database_url)
-    except Exception as exc:
-        print(f"changefeed migrate: {exc}", file=sys.stderr)
-        return 1
-    print(f"changefeed migrate: schema at revision {migrate.head_revision()}")
-    return 0
+# -- the service and its database ----------------------------------------------------------
 
 
-def _serve(settings: object, *, apply_migrations: bool) -> int:
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from service import server
     from service.cluster import ClusterError
     from service.migrate import SchemaNotReady
-    from service.settings import Settings
 
-    assert isinstance(settings, Settings)
     try:
-        with server.database(settings, apply_migrations=apply_migrations) as url:
+        with server.database(settings, apply_migrations=args.migrate) as url:
             server.preflight(url)
             return 0 if server.serve(settings, url) else 1
     except (ClusterError, SchemaNotReady, OSError) as exc:
@@ -106,25 +145,152 @@ def _serve(settings: object, *, apply_migrations: bool) -> int:
         return 1
 
 
-def _capture(settings: object, command: str, table: str, topic: str | None) -> int:
-    import asyncio
-
-    from service import capture
-    from service.settings import Settings
-
-    assert isinstance(settings, Settings)
+def _database_url(settings: Settings, command: str) -> str | None:
     if not settings.database_url:
         print(f"changefeed {command}: set CHANGEFEED_DATABASE_URL=postgresql://…", file=sys.stderr)
+    return settings.database_url
+
+
+def _migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from service import migrate
+
+    url = _database_url(settings, "migrate")
+    if url is None:
         return 2
     try:
-        if command == "capture":
-            chosen = asyncio.run(capture.capture(settings.database_url, table, topic))
-            print(f"changefeed capture: changes of {table} are published on topic {chosen}")
-        elif asyncio.run(capture.uncapture(settings.database_url, table)):
-            print(f"changefeed uncapture: {table} is no longer captured")
-        else:
-            print(f"changefeed uncapture: {table} was not captured")
+        migrate.upgrade(url)
+    except Exception as exc:
+        print(f"changefeed migrate: {exc}", file=sys.stderr)
+        return 1
+    print(f"changefeed migrate: schema at revision {migrate.head_revision()}")
+    return 0
+
+
+def _capture(settings: Settings, args: argparse.Namespace) -> int:
+    from service import capture
+
+    url = _database_url(settings, "capture")
+    if url is None:
+        return 2
+    return _run(
+        "capture",
+        capture.capture(url, args.table, args.topic),
+        lambda topic: f"changes of {args.table} are published on topic {topic}",
+    )
+
+
+def _uncapture(settings: Settings, args: argparse.Namespace) -> int:
+    from service import capture
+
+    url = _database_url(settings, "uncapture")
+    if url is None:
+        return 2
+    return _run(
+        "uncapture",
+        capture.uncapture(url, args.table),
+        lambda removed: (
+            f"{args.table} is no longer captured" if removed else f"{args.table} was not captured"
+        ),
+    )
+
+
+def _run(command: str, work: Awaitable[Any], say: Callable[[Any], str]) -> int:
+    try:
+        result = asyncio.run(_awaited(work))
     except Exception as exc:
         print(f"changefeed {command}: {exc}", file=sys.stderr)
         return 1
+    print(f"changefeed {command}: {say(result)}")
     return 0
+
+
+async def _awaited(work: Awaitable[Any]) -> Any:
+    return await work
+
+
+# -- talking to a running service ----------------------------------------------------------
+
+
+def _request(settings: Settings, command: str, method: str, path: str, **kwargs: Any) -> int:
+    import httpx
+
+    try:
+        response = httpx.request(method, settings.url.rstrip("/") + path, timeout=30, **kwargs)
+    except httpx.HTTPError as exc:
+        print(f"changefeed {command}: cannot reach {settings.url}: {exc}", file=sys.stderr)
+        return 1
+    if response.status_code >= 400:
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text
+        print(f"changefeed {command}: {response.status_code}: {detail}", file=sys.stderr)
+        return 1
+    if response.content:
+        print(json.dumps(response.json(), indent=2))
+    return 0
+
+
+def _publish(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        data = json.loads(args.json)
+    except ValueError as exc:
+        print(f"changefeed publish: the data is not JSON: {exc}", file=sys.stderr)
+        return 2
+    event: dict[str, Any] = {"type": args.type, "data": data}
+    if args.id is not None:
+        event["id"] = args.id
+    return _request(settings, "publish", "POST", f"/feeds/{args.topic}", json=event)
+
+
+def _tail(settings: Settings, args: argparse.Namespace) -> int:
+    from service.client import Client, ClientError
+
+    async def follow() -> None:
+        seen = 0
+        async with Client(settings.url) as client:
+            async for event in client.feed(args.topic, after=args.after):
+                line = {
+                    "id": event.id,
+                    "topic": event.topic,
+                    "seq": event.seq,
+                    "type": event.type,
+                    "data": event.data,
+                }
+                print(json.dumps(line), flush=True)
+                seen += 1
+                if args.count is not None and seen >= args.count:
+                    return
+
+    try:
+        asyncio.run(follow())
+    except ClientError as exc:
+        print(f"changefeed tail: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _consumers_list(settings: Settings, args: argparse.Namespace) -> int:
+    return _request(settings, "consumers", "GET", "/consumers")
+
+
+def _consumers_show(settings: Settings, args: argparse.Namespace) -> int:
+    return _request(settings, "consumers", "GET", f"/consumers/{args.name}")
+
+
+def _consumers_create(settings: Settings, args: argparse.Namespace) -> int:
+    body = {
+        "topics": args.topic,
+        "visibility_timeout": args.visibility_timeout,
+        "start": args.start,
+    }
+    return _request(settings, "consumers", "PUT", f"/consumers/{args.name}", json=body)
+
+
+def _consumers_delete(settings: Settings, args: argparse.Namespace) -> int:
+    code = _request(settings, "consumers", "DELETE", f"/consumers/{args.name}")
+    if code == 0:
+        print(f"changefeed consumers: deleted {args.name}")
+    return code

@@ -21,6 +21,9 @@ class Settings(BaseSettings):
     # the pgserver wheel when unset.
     pg_bin_dir: Path | None = None
 
+    # Where the CLI's client commands (publish, tail, consumers) find the service.
+    url: str = "http://127.0.0.1:8000"
+
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
 

@@ -1,0 +1,290 @@
+"""A Python client: follow a feed or a durable consumer, resuming where it left off.
+
+    async with Client("http://127.0.0.1:8000") as client:
+        async for event in client.feed("orders", checkpoint=FileCheckpoint("orders.pos")):
+            handle(event)          # the checkpoint moves once this returns (at least once)
+
+        async for event in client.consume("billing"):
+            handle(event)          # acknowledged batch by batch, after handling
+
+Both reconnect with exponential backoff (with jitter) after any failure and resume from
+the last position handled, so a process that crashes handles at most the events since its
+last checkpoint again. For exactly-once *effects*, keep the checkpoint in your own database
+and write it in the same transaction as the effects (see ``TableCheckpoint``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+from httpx_sse import aconnect_sse
+
+from service import logs
+
+log = logs.get(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One event. ``id`` is the position to resume after: the seq for one topic, the
+    global position for several; ``event_id`` is the id its publisher chose, if any."""
+
+    id: int
+    topic: str
+    seq: int
+    type: str
+    data: Any
+    event_id: str | None = None
+
+
+class Checkpoint(Protocol):
+    """Where a follower keeps the position it has handled."""
+
+    async def load(self) -> int | None: ...
+
+    async def save(self, position: int) -> None: ...
+
+
+class MemoryCheckpoint:
+    """Forgotten with the process: a restart starts from the live tail (or ``after``)."""
+
+    def __init__(self) -> None:
+        self.position: int | None = None
+
+    async def load(self) -> int | None:
+        return self.position
+
+    async def save(self, position: int) -> None:
+        self.position = position
+
+
+class FileCheckpoint:
+    """The position in a file, replaced atomically (write, fsync, rename)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    async def load(self) -> int | None:
+        try:
+            return int(self.path.read_text().strip())
+        except FileNotFoundError:
+            return None
+
+    async def save(self, position: int) -> None:
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        with temporary.open("w") as handle:
+            handle.write(f"{position}\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        temporary.replace(self.path)
+
+
+class TableCheckpoint:
+    """The position in a table of the consumer's own PostgreSQL database (asyncpg).
+
+    The exactly-once-effects recipe: handle each event in a transaction of your database and
+    call ``save_in(conn, event.id)`` in that same transaction. The effects and the position
+    then commit together or not at all, so a crash can never apply an event twice. Create
+    the table once with ``TableCheckpoint.DDL``.
+    """
+
+    DDL = (
+        "CREATE TABLE IF NOT EXISTS changefeed_checkpoints "
+        "(name text PRIMARY KEY, position bigint NOT NULL)"
+    )
+
+    def __init__(self, connection: Any, name: str) -> None:
+        self.connection = connection
+        self.name = name
+
+    async def load(self) -> int | None:
+        value: int | None = await self.connection.fetchval(
+            "SELECT position FROM changefeed_checkpoints WHERE name = $1", self.name
+        )
+        return value
+
+    async def save(self, position: int) -> None:
+        await self.save_in(self.connection, position)
+
+    async def save_in(self, connection: Any, position: int) -> None:
+        """Record ``position`` through ``connection``, inside the caller's transaction."""
+        await connection.execute(
+            "INSERT INTO changefeed_checkpoints (name, position) VALUES ($1, $2) "
+            "ON CONFLICT (name) DO UPDATE SET position = excluded.position",
+            self.name,
+            position,
+        )
+
+
+class Backoff:
+    """Exponential backoff with full jitter, reset after a success."""
+
+    def __init__(self, first: float = 0.2, ceiling: float = 15.0) -> None:
+        self.first, self.ceiling, self.attempt = first, ceiling, 0
+
+    async def wait(self) -> None:
+        delay = min(self.ceiling, self.first * 2**self.attempt)
+        self.attempt += 1
+        await asyncio.sleep(random.uniform(0, delay))
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class ClientError(Exception):
+    """The server refused a request for a reason retrying will not fix (a 4xx)."""
+
+
+class Client:
+    """An HTTP client of one changefeed deployment."""
+
+    def __init__(self, base_url: str, *, http: httpx.AsyncClient | None = None) -> None:
+        self._http = http or httpx.AsyncClient(base_url=base_url, timeout=httpx.Timeout(30))
+        self._owned = http is None
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._owned:
+            await self._http.aclose()
+
+    async def publish(
+        self, topic: str, data: Any, *, type: str = "message", id: str | None = None
+    ) -> None:
+        """Publish one event; with an ``id``, retrying is safe."""
+        event: dict[str, Any] = {"type": type, "data": data}
+        if id is not None:
+            event["id"] = id
+        response = await self._http.post(f"/feeds/{topic}", json=event)
+        _raise_for(response)
+
+    async def feed(
+        self,
+        topics: str | Sequence[str],
+        *,
+        checkpoint: Checkpoint | None = None,
+        after: int | None = None,
+    ) -> AsyncIterator[Event]:
+        """Follow a topic, a pattern (``orders.*``) or several topics, forever.
+
+        Starts after the checkpoint's position, else after ``after`` (0: from the first
+        event), else at the live tail. An event's position is saved when the loop body that
+        received it is done (at the next iteration), so events are handled at least once.
+        """
+        store = checkpoint or MemoryCheckpoint()
+        last = await store.load()
+        if last is None:
+            last = after
+        single = topics if isinstance(topics, str) and "*" not in topics else None
+        if single is not None:
+            url, params = f"/feeds/{single}", {}
+        else:
+            names = [topics] if isinstance(topics, str) else list(topics)
+            url, params = "/feeds", {"topic": names}
+        backoff = Backoff()
+        while True:
+            headers = {"Last-Event-ID": str(last)} if last is not None else {}
+            try:
+                async with aconnect_sse(
+                    self._http,
+                    "GET",
+                    url,
+                    params=params,
+                    headers=headers,
+                    timeout=httpx.Timeout(30, read=90),
+                ) as source:
+                    if source.response.status_code >= 400:
+                        await source.response.aread()
+                        _raise_for(source.response)
+                    backoff.reset()
+                    async for sse in source.aiter_sse():
+                        if not sse.data:
+                            continue  # the retry frame, or a keep-alive httpx-sse reports
+                        event = _event(sse.id, sse.event, sse.data, single)
+                        yield event
+                        last = event.id
+                        await store.save(last)
+            except ClientError:
+                raise
+            except (httpx.HTTPError, httpx.StreamError, ValueError) as exc:
+                log.info("client.feed_reconnecting", error=str(exc) or type(exc).__name__)
+            await backoff.wait()
+
+    async def consume(
+        self, consumer: str, *, batch: int = 100, wait: int = 20
+    ) -> AsyncIterator[Event]:
+        """Handle a durable consumer's events; share the work by running several.
+
+        Each batch is acknowledged once every event of it has been handled (when the next
+        one is asked for); a worker that dies leaves its batch to be handed out again after
+        the consumer's visibility timeout.
+        """
+        backoff = Backoff()
+        while True:
+            try:
+                response = await self._http.get(
+                    f"/consumers/{consumer}/events",
+                    params={"limit": str(batch), "wait": str(wait)},
+                    timeout=httpx.Timeout(30, read=wait + 30),
+                )
+                _raise_for(response)
+                body = response.json()
+                backoff.reset()
+                for item in body["events"]:
+                    yield Event(
+                        id=item["position"],
+                        topic=item["topic"],
+                        seq=item["seq"],
+                        type=item["type"],
+                        data=item["data"],
+                        event_id=item["id"],
+                    )
+                if body["lease"] is not None:
+                    ack = await self._http.post(
+                        f"/consumers/{consumer}/ack", json={"lease": body["lease"]}
+                    )
+                    if ack.status_code == 409:
+                        # Handled too slowly: the batch went to another worker meanwhile.
+                        log.warning("client.lease_lost", consumer=consumer)
+                    else:
+                        _raise_for(ack)
+                continue
+            except ClientError:
+                raise
+            except (httpx.HTTPError, ValueError, KeyError) as exc:
+                log.info("client.consume_retrying", error=str(exc) or type(exc).__name__)
+            await backoff.wait()
+
+
+def _event(sse_id: str, sse_type: str, data: str, topic: str | None) -> Event:
+    body = json.loads(data)
+    if topic is not None:
+        seq = int(sse_id)
+        return Event(id=seq, topic=topic, seq=seq, type=sse_type, data=body)
+    return Event(
+        id=int(sse_id), topic=body["topic"], seq=body["seq"], type=sse_type, data=body["data"]
+    )
+
+
+def _raise_for(response: httpx.Response) -> None:
+    if response.status_code < 400:
+        return
+    if 400 <= response.status_code < 500 and response.status_code not in (408, 429):
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text
+        raise ClientError(f"{response.status_code}: {detail}")
+    response.raise_for_status()

@@ -1,0 +1,200 @@
+"""The Python client and the CLI's client commands, against a real service."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import uuid
+
+import asyncpg
+import httpx
+
+from service.client import Client, ClientError, FileCheckpoint, TableCheckpoint
+from tests.support import REPO, Service, new_topic, private_tempdir, publish, subscribe
+
+
+async def _published(client: httpx.AsyncClient, topic: str, n: int) -> None:
+    async with subscribe(client, topic) as stream:
+        await publish(client, topic, [{"type": "n", "data": {"n": i}} for i in range(1, n + 1)])
+        await stream.take(n)
+
+
+async def test_feed_resumes_from_a_file_checkpoint(
+    service: Service, client: httpx.AsyncClient
+) -> None:
+    topic = new_topic()
+    await _published(client, topic, 10)
+    path = private_tempdir("changefeed-checkpoint-") / "position"
+    checkpoint = FileCheckpoint(path)
+    seen: list[int] = []
+    async with Client(service.base_url) as cf:
+        async for event in cf.feed(topic, checkpoint=checkpoint, after=0):
+            seen.append(event.data["n"])
+            if len(seen) == 4:
+                break
+        # Position 3 is saved (4 was handed out but its loop body did not finish).
+        assert await checkpoint.load() == 3
+        async for event in cf.feed(topic, checkpoint=FileCheckpoint(path)):
+            seen.append(event.data["n"])
+            if event.seq == 10:
+                break
+    assert seen == [1, 2, 3, 4, *range(4, 11)]  # at least once: 4 again, nothing lost
+    assert path.read_text().strip() == "9"
+
+
+async def test_feed_follows_a_pattern_and_reconnects_across_a_restart(
+    module_database: str,
+) -> None:
+    service = Service(module_database, env={"CHANGEFEED_RETRY_MILLISECONDS": "100"}).start()
+    prefix = new_topic("p")
+    got: list[tuple[str, int]] = []
+    try:
+        async with Client(service.base_url) as cf:
+            follower = cf.feed(f"{prefix}.*", after=0)
+            await cf.publish(f"{prefix}.a", {"n": 1})
+            await cf.publish(f"{prefix}.b", {"n": 2}, type="other", id="x")
+            for _ in range(2):
+                event = await asyncio.wait_for(anext(follower), 10)
+                got.append((event.topic, event.data["n"]))
+            assert service.stop() == 0
+            service.start()
+            await cf.publish(f"{prefix}.a", {"n": 3})
+            event = await asyncio.wait_for(anext(follower), 30)
+            got.append((event.topic, event.data["n"]))
+            await follower.aclose()
+    finally:
+        service.stop()
+    assert got == [(f"{prefix}.a", 1), (f"{prefix}.b", 2), (f"{prefix}.a", 3)]
+
+
+async def test_client_errors_are_raised_not_retried(service: Service) -> None:
+    async with Client(service.base_url) as cf:
+        try:
+            async for _ in cf.feed(new_topic(), after=5):
+                pass
+        except ClientError as exc:
+            assert "409" in str(exc)
+        else:
+            raise AssertionError("a start beyond the head must raise")
+
+
+async def test_consume_shares_a_consumer_between_workers(
+    service: Service, client: httpx.AsyncClient
+) -> None:
+    prefix = new_topic("w")
+    name = f"c{uuid.uuid4().hex[:8]}"
+    await client.put(f"/consumers/{name}", json={"topics": [f"{prefix}.*"]})
+    for i in range(30):
+        await publish(client, f"{prefix}.{i % 3}", {"data": i})
+    handled: list[int] = []
+
+    async def worker() -> None:
+        async with Client(service.base_url) as cf:
+            async for event in cf.consume(name, batch=5, wait=1):
+                handled.append(event.data)
+                if len(set(handled)) == 30:
+                    return
+
+    done, pending = await asyncio.wait(
+        [asyncio.create_task(worker()) for _ in range(2)],
+        timeout=30,
+        return_when=asyncio.FIRST_COMPLETED,
+    )
+    for task in pending:
+        task.cancel()
+    assert done and sorted(set(handled)) == list(range(30))
+
+
+async def test_exactly_once_effects_with_a_table_checkpoint(
+    service: Service, client: httpx.AsyncClient, module_database: str
+) -> None:
+    """The recipe from the client's docs: effects and position in one transaction."""
+    topic = new_topic()
+    await _published(client, topic, 8)
+    app = await asyncpg.connect(module_database)
+    await app.execute(TableCheckpoint.DDL)
+    await app.execute("CREATE TABLE IF NOT EXISTS effects (topic text, n int, UNIQUE (topic, n))")
+    checkpoint = TableCheckpoint(app, f"effects:{topic}")
+
+    async def run(crash_at: int | None) -> None:
+        async with Client(service.base_url) as cf:
+            async for event in cf.feed(topic, checkpoint=_ReadOnly(checkpoint), after=0):
+                async with app.transaction():
+                    await app.execute("INSERT INTO effects VALUES ($1, $2)", topic, event.data["n"])
+                    if event.data["n"] == crash_at:
+                        raise _Crash  # dies after the effect, before the commit
+                    await checkpoint.save_in(app, event.id)
+                if event.seq == 8:
+                    return
+
+    with contextlib.suppress(_Crash):
+        await run(crash_at=5)
+    await run(crash_at=None)
+    effects = await app.fetch("SELECT n FROM effects WHERE topic = $1 ORDER BY n", topic)
+    assert [r["n"] for r in effects] == list(range(1, 9))
+    await app.close()
+
+
+class _Crash(Exception):
+    pass
+
+
+class _ReadOnly:
+    """The feed loads the position from the table; the handler alone saves it (in its
+    transaction), so the feed's own save after each event is skipped."""
+
+    def __init__(self, inner: TableCheckpoint) -> None:
+        self.inner = inner
+
+    async def load(self) -> int | None:
+        return await self.inner.load()
+
+    async def save(self, position: int) -> None:
+        pass
+
+
+def _cli(service: Service, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHANGEFEED_")}
+    env["CHANGEFEED_URL"] = service.base_url
+    return subprocess.run(
+        [sys.executable, "-m", "service", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_cli_publish_tail_and_consumers(service: Service) -> None:
+    topic = new_topic()
+    assert _cli(service, "publish", topic, '{"n": 1}', "--type", "t", "--id", "a").returncode == 0
+    assert _cli(service, "publish", topic, '{"n": 1}', "--id", "a").returncode == 0  # stored once
+    assert _cli(service, "publish", topic, "[2]").returncode == 0
+    bad = _cli(service, "publish", topic, "{not json")
+    assert bad.returncode == 2 and "not JSON" in bad.stderr
+    tail = _cli(service, "tail", topic, "--after", "0", "--count", "2")
+    assert tail.returncode == 0, tail.stderr
+    lines = [json.loads(line) for line in tail.stdout.splitlines()]
+    assert [(e["seq"], e["type"], e["data"]) for e in lines] == [
+        (1, "t", {"n": 1}),
+        (2, "message", [2]),
+    ]
+
+    name = f"c{uuid.uuid4().hex[:8]}"
+    created = _cli(service, "consumers", "create", name, "--topic", topic)
+    assert created.returncode == 0 and json.loads(created.stdout)["lag"] == 2
+    listed = _cli(service, "consumers", "list")
+    assert any(c["name"] == name for c in json.loads(listed.stdout)["consumers"])
+    assert _cli(service, "consumers", "delete", name).returncode == 0
+    missing = _cli(service, "consumers", "show", name)
+    assert missing.returncode == 1 and "404" in missing.stderr
+    unreachable = subprocess.run(
+        [sys.executable, "-m", "service", "publish", topic, "1", "--url", "http://127.0.0.1:1"],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert unreachable.returncode == 1 and "cannot reach" in unreachable.stderr
