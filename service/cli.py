@@ -97,6 +97,29 @@ def _parser() -> argparse.ArgumentParser:
     tail.add_argument("--count", type=int, help="stop after this many events")
     tail.set_defaults(handler=_tail)
 
+    export = commands.add_parser(
+        "export",
+        help="write a topic's events as NDJSON",
+        description="Stream TOPIC's events (one JSON object per line) to stdout or --output.",
+    )
+    export.add_argument("topic")
+    export.add_argument("--after", type=int, default=0, help="events after this seq")
+    export.add_argument("--before", type=int, help="events before this seq")
+    export.add_argument("--since", help="events from this time on (ISO 8601)")
+    export.add_argument("--until", help="events before this time (ISO 8601)")
+    export.add_argument("--output", "-o", help="a file (default: stdout)")
+    export.set_defaults(handler=_export)
+    import_ = commands.add_parser(
+        "import",
+        help="publish an NDJSON export into this deployment (idempotent)",
+        description="Publish the events of an export, in order. Each keeps its id; an event "
+        "exported without one gets the id '<topic>:<seq>' from the export, so that running "
+        "the same import twice stores every event once.",
+    )
+    import_.add_argument("file", nargs="?", help="the export (default: stdin)")
+    import_.add_argument("--topic", help="publish on this topic instead of the exported one")
+    import_.set_defaults(handler=_import)
+
     consumers = commands.add_parser("consumers", help="list, show, create or delete consumers")
     actions = consumers.add_subparsers(dest="action", required=True, metavar="ACTION")
     actions.add_parser("list", help="all consumers with their lag").set_defaults(
@@ -117,7 +140,7 @@ def _parser() -> argparse.ArgumentParser:
     remove.add_argument("name")
     remove.set_defaults(handler=_consumers_delete)
 
-    for client_command in (publish, tail, consumers):
+    for client_command in (publish, tail, export, import_, consumers):
         client_command.add_argument(
             "--url", help="the service (default http://127.0.0.1:8000, CHANGEFEED_URL)"
         )
@@ -294,3 +317,89 @@ def _consumers_delete(settings: Settings, args: argparse.Namespace) -> int:
     if code == 0:
         print(f"changefeed consumers: deleted {args.name}")
     return code
+
+
+def _export(settings: Settings, args: argparse.Namespace) -> int:
+    import httpx
+
+    params = {"after": str(args.after)}
+    for name in ("before", "since", "until"):
+        if getattr(args, name) is not None:
+            params[name] = str(getattr(args, name))
+    out = open(args.output, "wb") if args.output else sys.stdout.buffer  # noqa: SIM115
+    try:
+        with httpx.stream(
+            "GET",
+            f"{settings.url.rstrip('/')}/feeds/{args.topic}/events",
+            params=params,
+            headers={"Accept": "application/x-ndjson"},
+            timeout=httpx.Timeout(30, read=300),
+        ) as response:
+            if response.status_code >= 400:
+                response.read()
+                message = f"{response.status_code}: {response.text}"
+                print(f"changefeed export: {message}", file=sys.stderr)
+                return 1
+            for chunk in response.iter_bytes():
+                out.write(chunk)
+    except httpx.HTTPError as exc:
+        # A cut stream ends without its final chunk: the export is incomplete, say so.
+        print(f"changefeed export: incomplete: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if args.output:
+            out.close()
+        else:
+            out.flush()
+    return 0
+
+
+def _import(settings: Settings, args: argparse.Namespace) -> int:
+    import httpx
+
+    source = open(args.file, "rb") if args.file else sys.stdin.buffer  # noqa: SIM115
+    batches: dict[str, list[dict[str, Any]]] = {}
+    imported = 0
+
+    def flush(client: httpx.Client, topic: str) -> None:
+        nonlocal imported
+        batch = batches.pop(topic, [])
+        if batch:
+            response = client.post(f"/feeds/{topic}", json=batch)
+            if response.status_code != 202:
+                raise RuntimeError(f"{response.status_code}: {response.text}")
+            imported += len(batch)
+
+    try:
+        with httpx.Client(base_url=settings.url, timeout=60) as client:
+            for number, raw in enumerate(source, 1):
+                if not raw.strip():
+                    continue
+                try:
+                    line = json.loads(raw)
+                    topic = args.topic or line["topic"]
+                    event = {
+                        "type": line["type"],
+                        "data": line["data"],
+                        "id": line.get("id") or f"{line['topic']}:{line['seq']}",
+                    }
+                except (ValueError, KeyError, TypeError) as exc:
+                    message = f"line {number} is not an export line: {exc}"
+                    print(f"changefeed import: {message}", file=sys.stderr)
+                    return 2
+                # Keep the export's order: publish a topic's pending batch before another's.
+                for other in [t for t in batches if t != topic]:
+                    flush(client, other)
+                batches.setdefault(topic, []).append(event)
+                if len(batches[topic]) >= 500:
+                    flush(client, topic)
+            for topic in list(batches):
+                flush(client, topic)
+    except (httpx.HTTPError, RuntimeError) as exc:
+        print(f"changefeed import: stopped after {imported} events: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if args.file:
+            source.close()
+    print(f"changefeed import: {imported} events sent (ones stored before are skipped)")
+    return 0

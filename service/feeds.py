@@ -11,7 +11,7 @@ from litestar.params import Parameter
 from litestar.response import Stream
 from litestar.status_codes import HTTP_202_ACCEPTED
 
-from service import inbox, metrics, publish, replay, stream
+from service import export, inbox, metrics, publish, replay, stream
 from service.problems import unavailable
 from service.runtime import Runtime
 from service.topics import InvalidInput, Selector, check_topic, parse_seq
@@ -123,19 +123,46 @@ class FeedController(Controller):
 
     @get(
         "/{topic:str}/events",
-        summary="Replay a page of stored events (JSON)",
+        summary="Replay a page of stored events (JSON), or export a range (NDJSON)",
+        description=(
+            "JSON: a page of `limit` events after `after`, and the URL of the next page. "
+            "With `Accept: application/x-ndjson`: every event with `after < seq < before` and "
+            "`since <= time < until` (ISO 8601), streamed one JSON object per line, up to the "
+            "head when the export started."
+        ),
         responses={200: ResponseSpec(data_container=replay.ReplayPageDoc, description="A page")},
     )
     async def replay_events(
         self,
         topic: str,
+        request: Request[Any, Any, Any],
         state: State,
         after: Annotated[str, Parameter(query="after", description="Events after this seq")] = "0",
         limit: Annotated[str | None, Parameter(query="limit", description="Page size")] = None,
-    ) -> Response[bytes]:
+        before: Annotated[
+            str | None, Parameter(query="before", description="Export: events before this seq")
+        ] = None,
+        since: Annotated[
+            str | None, Parameter(query="since", description="Export: from this time on")
+        ] = None,
+        until: Annotated[
+            str | None, Parameter(query="until", description="Export: before this time")
+        ] = None,
+    ) -> Response[bytes] | Stream:
         runtime = _runtime(state)
         check_topic(topic)
         start = parse_seq(after, "after")
+        if "application/x-ndjson" in request.headers.get("accept", ""):
+            lines = export.lines(
+                runtime.db,
+                topic,
+                after=start,
+                before=parse_seq(before, "before") if before is not None else None,
+                since=export.parse_time(since, "since"),
+                until=export.parse_time(until, "until"),
+                page_size=runtime.settings.max_page_events,
+            )
+            return Stream(lines, media_type="application/x-ndjson")
         maximum = runtime.settings.max_page_events
         size = parse_seq(limit, "limit") if limit is not None else min(100, maximum)
         if not 1 <= size <= maximum:

@@ -1,0 +1,106 @@
+"""Export as NDJSON (HTTP and CLI) and import into another deployment, idempotently."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import asyncpg
+import httpx
+
+from tests.support import REPO, Service, create_database, new_topic, private_tempdir, wait_for
+
+NDJSON = {"Accept": "application/x-ndjson"}
+
+
+async def _sequenced(url: str, topic: str, count: int) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+
+        async def stored() -> bool:
+            n = await conn.fetchval(
+                "SELECT count(*) FROM changefeed.events WHERE topic = $1", topic
+            )
+            return bool(n == count)
+
+        await wait_for(stored, timeout=30)
+    finally:
+        await conn.close()
+
+
+async def test_ndjson_export_of_a_range(
+    service: Service, client: httpx.AsyncClient, module_database: str
+) -> None:
+    topic = new_topic()
+    for start in (1, 751):  # two batches: at most 1000 events per request
+        batch = [{"data": {"n": i}} for i in range(start, start + 750)]
+        assert (await client.post(f"/feeds/{topic}", json=batch)).status_code == 202
+    await _sequenced(module_database, topic, 1500)
+    await client.post(f"/feeds/{topic}", json={"type": "late", "data": "last", "id": "L"})
+    await _sequenced(module_database, topic, 1501)
+
+    response = await client.get(f"/feeds/{topic}/events", headers=NDJSON)
+    assert response.headers["content-type"].startswith("application/x-ndjson")
+    lines = [json.loads(line) for line in response.text.splitlines()]
+    assert [line["seq"] for line in lines] == list(range(1, 1502))  # across several pages
+    assert lines[-1] == {**lines[-1], "topic": topic, "type": "late", "data": "last", "id": "L"}
+    assert set(lines[0]) == {"topic", "seq", "type", "data", "time", "id"}
+
+    ranged = await client.get(
+        f"/feeds/{topic}/events", params={"after": "10", "before": "15"}, headers=NDJSON
+    )
+    assert [json.loads(x)["seq"] for x in ranged.text.splitlines()] == [11, 12, 13, 14]
+    last_time = lines[-1]["time"]
+    since = await client.get(f"/feeds/{topic}/events", params={"since": last_time}, headers=NDJSON)
+    assert [json.loads(x)["id"] for x in since.text.splitlines()] == ["L"]
+    until = await client.get(f"/feeds/{topic}/events", params={"until": last_time}, headers=NDJSON)
+    assert len(until.text.splitlines()) == 1500
+    bad = await client.get(f"/feeds/{topic}/events", params={"since": "yesterday"}, headers=NDJSON)
+    assert bad.status_code == 400
+
+
+def _cli(url: str, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHANGEFEED_")}
+    env["CHANGEFEED_URL"] = url
+    return subprocess.run(
+        [sys.executable, "-m", "service", *args],
+        cwd=REPO,
+        env=env,
+        input=stdin,
+        capture_output=True,
+        timeout=120,
+    )
+
+
+async def test_cli_export_then_import_elsewhere_twice(
+    service: Service, client: httpx.AsyncClient, module_database: str, admin_url: str, template: str
+) -> None:
+    topic = new_topic()
+    events = [{"type": "t", "data": {"n": i}} for i in range(300)]
+    events[5]["id"] = "mine"
+    await client.post(f"/feeds/{topic}", json=events)
+    await _sequenced(module_database, topic, 300)
+    path = private_tempdir("changefeed-export-") / "export.ndjson"
+    exported = _cli(service.base_url, "export", topic, "--output", str(path))
+    assert exported.returncode == 0, exported.stderr
+    assert len(path.read_text().splitlines()) == 300
+
+    other = Service(await create_database(admin_url, template)).start()
+    try:
+        for _ in range(2):  # the second import stores nothing new
+            result = _cli(other.base_url, "import", str(path))
+            assert result.returncode == 0, result.stderr
+        assert other.database_url is not None
+        await _sequenced(other.database_url, topic, 300)
+        copied = _cli(other.base_url, "export", topic)
+        lines = [json.loads(x) for x in copied.stdout.decode().splitlines()]
+        assert [(x["seq"], x["type"], x["data"]) for x in lines] == [
+            (i + 1, "t", {"n": i}) for i in range(300)
+        ]
+        assert lines[5]["id"] == "mine" and lines[0]["id"] == f"{topic}:1"
+        garbage = _cli(other.base_url, "import", stdin=b'{"not": "an export line"}\n')
+        assert garbage.returncode == 2
+    finally:
+        other.stop()
