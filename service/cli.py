@@ -77,6 +77,15 @@ def _parser() -> argparse.ArgumentParser:
     uncapture.add_argument("table", help="the table, as schema.table")
     uncapture.set_defaults(handler=_uncapture)
 
+    verify = commands.add_parser(
+        "verify",
+        help="recompute topics' hash chains and report the first broken link",
+        description="Recompute the chain hash of every event of each TOPIC (all topics when "
+        "none is named) from CHANGEFEED_DATABASE_URL; exit 1 if any chain is broken.",
+    )
+    verify.add_argument("topics", nargs="*", metavar="TOPIC")
+    verify.set_defaults(handler=_verify)
+
     publish = commands.add_parser(
         "publish", help="publish one event", description="Publish one event whose data is JSON."
     )
@@ -215,6 +224,25 @@ def _uncapture(settings: Settings, args: argparse.Namespace) -> int:
             f"{args.table} is no longer captured" if removed else f"{args.table} was not captured"
         ),
     )
+
+
+def _verify(settings: Settings, args: argparse.Namespace) -> int:
+    from service import audit
+
+    url = _database_url(settings, "verify")
+    if url is None:
+        return 2
+    try:
+        broken = asyncio.run(audit.verify(url, list(args.topics)))
+    except Exception as exc:
+        print(f"changefeed verify: {exc}", file=sys.stderr)
+        return 1
+    for topic, seq, problem in broken:
+        print(f"changefeed verify: {topic}: broken at seq {seq}: {problem}")
+    if broken:
+        return 1
+    print(f"changefeed verify: {', '.join(args.topics) or 'every topic'}: intact")
+    return 0
 
 
 def _run(command: str, work: Awaitable[Any], say: Callable[[Any], str]) -> int:

@@ -12,7 +12,7 @@ _HEAD = f"SELECT head FROM {SCHEMA}.topics WHERE topic = $1"
 _HEADS = f"SELECT topic, head FROM {SCHEMA}.topics WHERE topic = ANY($1::text[])"
 # data::text hands the stored JSON through untouched: it is never decoded on the way out.
 _PAGE = f"""
-SELECT seq, type, data::text AS data, event_id, time, published_at
+SELECT seq, type, data::text AS data, event_id, time, published_at, encode(hash, 'hex') AS hash
 FROM {SCHEMA}.events
 WHERE topic = $1 AND seq > $2
 ORDER BY seq

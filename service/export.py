@@ -15,7 +15,7 @@ from service.topics import InvalidInput
 
 # Seq order; time is non-decreasing along seq, so time bounds cut the range at both ends.
 _PAGE = f"""
-SELECT seq, type, data::text AS data, time, event_id
+SELECT seq, type, data::text AS data, time, event_id, encode(hash, 'hex') AS hash
 FROM {SCHEMA}.events
 WHERE topic = $1 AND seq > $2 AND seq <= $3
   AND ($4::timestamptz IS NULL OR time >= $4)
@@ -75,6 +75,7 @@ async def lines(
                     data=msgspec.Raw(r["data"].encode()),
                     time=r["time"],
                     id=r["event_id"],
+                    hash=r["hash"],
                     topic=topic,
                 )
             )

@@ -21,6 +21,8 @@ class ReplayEvent(msgspec.Struct):
     data: msgspec.Raw
     time: datetime
     id: str | None
+    # The chain hash (hex): sha256 of the previous event's hash and this event's content.
+    hash: str | None
 
 
 class ReplayPage(msgspec.Struct):
@@ -69,6 +71,7 @@ async def read_page(db: Executor, topic: str, after: int, limit: int) -> bytes:
                 data=msgspec.Raw(r["data"].encode()),
                 time=r["time"],
                 id=r["event_id"],
+                hash=r["hash"],
             )
             for r in rows
         ],

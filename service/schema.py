@@ -51,6 +51,8 @@ events = sa.Table(
     # When the sequencer numbered it: non-decreasing along seq.
     sa.Column("time", sa.DateTime(timezone=True), nullable=False),
     sa.Column("published_at", sa.DateTime(timezone=True), nullable=False),
+    # sha256(previous event's hash || canonical content): see changefeed.verify().
+    sa.Column("hash", sa.LargeBinary),
     sa.Index(
         "events_topic_event_id",
         "topic",
@@ -65,6 +67,8 @@ topics = sa.Table(
     metadata,
     sa.Column("topic", sa.Text, primary_key=True),
     sa.Column("head", sa.BigInteger, nullable=False),
+    # The chain hash of the head event: the next event chains from it.
+    sa.Column("head_hash", sa.LargeBinary),
 )
 
 sequencer = sa.Table(

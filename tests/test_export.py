@@ -46,7 +46,7 @@ async def test_ndjson_export_of_a_range(
     lines = [json.loads(line) for line in response.text.splitlines()]
     assert [line["seq"] for line in lines] == list(range(1, 1502))  # across several pages
     assert lines[-1] == {**lines[-1], "topic": topic, "type": "late", "data": "last", "id": "L"}
-    assert set(lines[0]) == {"topic", "seq", "type", "data", "time", "id"}
+    assert set(lines[0]) == {"topic", "seq", "type", "data", "time", "id", "hash"}
 
     ranged = await client.get(
         f"/feeds/{topic}/events", params={"after": "10", "before": "15"}, headers=NDJSON

@@ -83,7 +83,8 @@ async def test_replay_pages_through_a_topic(
         pages += 1
         assert body["topic"] == topic and body["head"] == 25
         for event in body["events"]:
-            assert set(event) == {"seq", "type", "data", "time", "id"}
+            assert set(event) == {"seq", "type", "data", "time", "id", "hash"}
+            assert len(event["hash"]) == 64
             assert event["data"] == {"i": event["seq"] - 1}
             assert event["id"] == f"e{event['seq'] - 1}"
             seen.append(event["seq"])
