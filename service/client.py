@@ -212,6 +212,14 @@ class Client:
                     async for sse in source.aiter_sse():
                         if not sse.data:
                             continue  # the retry frame, or a keep-alive httpx-sse reports
+                        if sse.event == "reset":
+                            # The server no longer holds the history we followed (a restore,
+                            # a recreated topic): it replays from the start. Say so.
+                            last = 0
+                            await store.save(last)
+                            data = json.loads(sse.data)
+                            yield Event(id=0, topic=single or "", seq=0, type="reset", data=data)
+                            continue
                         event = _event(sse.id, sse.event, sse.data, single)
                         yield event
                         last = event.id
@@ -271,7 +279,7 @@ class Client:
 def _event(sse_id: str, sse_type: str, data: str, topic: str | None) -> Event:
     body = json.loads(data)
     if topic is not None:
-        seq = int(sse_id)
+        seq = int(sse_id.split(".", 1)[0])  # <seq>.<hash8>
         return Event(id=seq, topic=topic, seq=seq, type=sse_type, data=body)
     return Event(
         id=int(sse_id), topic=body["topic"], seq=body["seq"], type=sse_type, data=body["data"]

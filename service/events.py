@@ -88,3 +88,13 @@ async def global_page(
     if len(found) >= limit:
         return found, found[-1]["position"]
     return found, min(head, after + window)
+
+
+async def hash_prefix(db: Executor, topic: str, seq: int) -> str | None:
+    """The first 8 hex digits of the stored event's chain hash; None if there is none."""
+    value: str | None = await db.fetchval(
+        f"SELECT left(encode(hash, 'hex'), 8) FROM {SCHEMA}.events WHERE topic = $1 AND seq = $2",
+        topic,
+        seq,
+    )
+    return value

@@ -14,7 +14,7 @@ from litestar.status_codes import HTTP_202_ACCEPTED
 from service import export, inbox, metrics, publish, replay, stream
 from service.problems import unavailable
 from service.runtime import Runtime
-from service.topics import InvalidInput, Selector, check_topic, parse_seq
+from service.topics import InvalidInput, Selector, check_topic, parse_resume, parse_seq
 
 SSE_HEADERS = {
     "Cache-Control": "no-cache",
@@ -175,10 +175,11 @@ async def _open(
     runtime: Runtime, source: stream.Source, last_event_id: str | None, after: str | None
 ) -> Stream:
     # The header wins: a browser's EventSource reconnects to the same URL and adds it.
+    expect_hash: str | None = None
     if last_event_id is not None and last_event_id.strip():
-        start: int | None = parse_seq(last_event_id, "Last-Event-ID")
+        start, expect_hash = parse_resume(last_event_id, "Last-Event-ID")
     elif after is not None:
-        start = parse_seq(after, "after")
+        start, expect_hash = parse_resume(after, "after")
     else:
         start = None
     if runtime.hub.closed:
@@ -195,5 +196,6 @@ async def _open(
         start,
         page_size=runtime.settings.max_page_events,
         retry_milliseconds=runtime.settings.retry_milliseconds,
+        expect_hash=expect_hash,
     )
     return Stream(frames, media_type="text/event-stream", headers=SSE_HEADERS)

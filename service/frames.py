@@ -8,6 +8,7 @@ Safe without escaping: ``type`` cannot hold control characters (a table constrai
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 
 import asyncpg
@@ -20,13 +21,25 @@ def retry(milliseconds: int) -> bytes:
     return b"retry: %d\n\n" % milliseconds
 
 
+def event_id(seq: int, hash_hex: str | None) -> bytes:
+    """``<seq>.<hash8>``: the seq and the first 8 hex digits of the event's chain hash, so
+    that a resuming client proves which event it saw last."""
+    return b"%d.%s" % (seq, hash_hex[:8].encode()) if hash_hex else b"%d" % seq
+
+
 def encode(rows: Iterable[asyncpg.Record]) -> bytes:
-    """One frame per event, joined: ``id: <seq>``, ``event: <type>``, ``data: <json>``."""
+    """One frame per event, joined: ``id: <seq>.<hash8>``, ``event: <type>``, ``data: <json>``."""
     return b"".join(
-        b"id: %d\nevent: %s\ndata: %s\n\n"
-        % (row["seq"], row["type"].encode(), row["data"].encode())
+        b"id: %s\nevent: %s\ndata: %s\n\n"
+        % (event_id(row["seq"], row["hash"]), row["type"].encode(), row["data"].encode())
         for row in rows
     )
+
+
+def reset(reason: str, detail: str, requested: str, after: int) -> bytes:
+    """The in-stream signal that the stream does not continue where the client asked."""
+    body = json.dumps({"reason": reason, "detail": detail, "requested": requested, "after": after})
+    return b"event: reset\ndata: %s\n\n" % body.encode()
 
 
 def encode_multi(rows: Iterable[asyncpg.Record]) -> list[bytes]:

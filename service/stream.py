@@ -72,16 +72,25 @@ async def open_stream(
     *,
     page_size: int,
     retry_milliseconds: int,
+    expect_hash: str | None = None,
 ) -> AsyncIterator[bytes]:
     """Validate the starting point and return the stream's frames.
 
     ``after=None`` means the live tail: events after the head at connect time.
-    Raises ``AfterHead`` before anything is sent when ``after`` is past the head.
+    ``expect_hash`` (from an id ``<seq>.<hash8>``): the event the client saw last; if the
+    topic holds another one at that seq, or none, the stream starts with a ``reset`` frame
+    and replays the topic from its start instead of silently skipping.
+    Raises ``AfterHead`` before anything is sent when a plain ``after`` is past the head.
     """
     # Subscribe first, then read the head: a hint arriving in between is not lost.
     sub = hub.subscribe(source.feed_key, source.selector)
+    reset: bytes | None = None
     try:
         head = await source.head(db)
+        if after is not None and expect_hash is not None and isinstance(source, TopicSource):
+            reset = await _verify_resume(db, source.topic, after, expect_hash, head)
+            if reset is not None:
+                after = 0
         if after is not None and after > head:
             raise AfterHead(after, head)
     except BaseException:
@@ -89,11 +98,35 @@ async def open_stream(
         raise
     hub.observe_head(sub.feed, head)
     start = head if after is None else after
-    frames_ = _frames(hub, db, source, sub, start, page_size, retry_milliseconds)
+    frames_ = _frames(hub, db, source, sub, start, page_size, retry_milliseconds, reset)
     # The generator's own `finally` unsubscribes once it has started; this covers a response
     # that is dropped before its first frame (unsubscribing twice is harmless).
     weakref.finalize(frames_, hub.unsubscribe, sub)
     return frames_
+
+
+async def _verify_resume(
+    db: Database, topic: str, seq: int, expect_hash: str, head: int
+) -> bytes | None:
+    """None when the topic holds the client's last event at ``seq``; else a reset frame."""
+    requested = f"{seq}.{expect_hash}"
+    if seq > head:
+        detail = (
+            f"the topic ends at seq {head}, before the client's last event {requested}: "
+            "the database was restored to an earlier point or the topic was recreated"
+        )
+        reason = "behind"
+    else:
+        stored = await events.hash_prefix(db, topic, seq) if seq > 0 else None
+        if stored == expect_hash:
+            return None
+        detail = (
+            f"the event at seq {seq} is not the one the client saw ({requested}): the "
+            "history was rewritten (a restore, a recreated topic, or tampering)"
+        )
+        reason = "mismatch"
+    log.warning("stream.reset", topic=topic, requested=requested, reason=reason)
+    return frames.reset(reason, detail + "; replaying the topic from its start", requested, 0)
 
 
 async def _frames(
@@ -104,12 +137,15 @@ async def _frames(
     last: int,
     page_size: int,
     retry_milliseconds: int,
+    reset: bytes | None = None,
 ) -> AsyncIterator[bytes]:
     name = str(source)
     metrics.open_streams.inc()
     log.info("stream.open", topic=name, after=last)
     try:
         yield frames.retry(retry_milliseconds)
+        if reset is not None:
+            yield reset
         while not sub.closed:
             batches, behind = sub.take()
             ready: list[bytes] = []

@@ -23,6 +23,20 @@ def check_topic(topic: str) -> str:
     return topic
 
 
+_RESUME = re.compile(r"([0-9]{1,18})(?:\.([0-9a-f]{8}))?")
+
+
+def parse_resume(value: str, source: str) -> tuple[int, str | None]:
+    """A resume point: ``<seq>`` or ``<seq>.<hash8>`` as the stream's ids carry them."""
+    match = _RESUME.fullmatch(value.strip())
+    if not match:
+        raise InvalidInput(
+            f"invalid {source} {value[:50]!r}: expected a seq (a whole number >= 0), "
+            "optionally followed by . and 8 hex digits of its hash"
+        )
+    return int(match[1]), match[2]
+
+
 def parse_seq(value: str, source: str) -> int:
     """A non-negative seq as sent in ``Last-Event-ID`` or ``?after=``."""
     if not _SEQ.fullmatch(value.strip()):

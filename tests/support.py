@@ -130,6 +130,11 @@ class Service:
         return self.log_path.read_text(errors="replace")[-20000:] if self.log_path else ""
 
 
+def seq(event: ServerSentEvent) -> str:
+    """The seq of a single-topic stream's event, whose id is ``<seq>.<hash8>``."""
+    return event.id.split(".", 1)[0]
+
+
 async def publish(client: httpx.AsyncClient, topic: str, body: object) -> httpx.Response:
     return await client.post(f"/feeds/{topic}", json=body)
 

@@ -37,7 +37,7 @@ const report = () => fetch("/report", {method: "POST", body: JSON.stringify(stat
 feed.onopen = () => { state.opens++; report(); };
 feed.onerror = () => { state.errors++; };
 feed.addEventListener("tick", (e) => {
-  state.seen.push([e.lastEventId, JSON.parse(e.data).n]);
+  state.seen.push([e.lastEventId.split(".")[0], JSON.parse(e.data).n]);
   report();
 });
 </script>

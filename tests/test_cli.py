@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from service import schema
 from service.cluster import Cluster
-from tests.support import REPO, Service, create_database, new_topic, private_tempdir, subscribe
+from tests.support import REPO, Service, create_database, new_topic, private_tempdir, seq, subscribe
 
 
 def _changefeed(
@@ -153,7 +153,7 @@ async def test_embedded_default_runs_publishes_streams_and_stops_its_cluster(
                 response = await client.post(f"/feeds/{topic}", json={"type": "hello", "data": [1]})
                 assert response.status_code == 202
                 event = await stream.next()
-                assert (event.id, event.event, event.data) == ("1", "hello", "[1]")
+                assert (seq(event), event.event, event.data) == ("1", "hello", "[1]")
     finally:
         assert service.stop() == 0
     cluster = Cluster(data_dir, bin_dir=bin_dir)

@@ -13,6 +13,7 @@ from tests.support import (
     create_database,
     metrics,
     new_topic,
+    seq,
     subscribe,
     url_with_database,
     wait_for,
@@ -56,7 +57,7 @@ async def test_listener_notices_a_silently_dead_connection(
                     return response.status_code == 202
 
                 assert await wait_for(published, timeout=60)
-                assert (await stream.next(timeout=30)).id == "1"
+                assert seq(await stream.next(timeout=30)) == "1"
     finally:
         service.stop()
         await proxy.close()

@@ -53,6 +53,8 @@ class Ledger:
 @dataclass
 class Subscriber:
     received: list[tuple[int, str]] = field(default_factory=list)
+    last_id: str | None = None  # as the stream sent it: <seq>.<hash8>
+    resets: int = 0
     sessions: int = 0
     errors: int = 0
 
@@ -134,7 +136,7 @@ async def _subscriber(
             if done.is_set() and last == final_head[0]:
                 return
             sub.sessions += 1
-            headers = {"Last-Event-ID": str(last)} if last is not None else {}
+            headers = {"Last-Event-ID": sub.last_id} if sub.last_id is not None else {}
             budget = rng.randint(1, 150)
             try:
                 async with aconnect_sse(
@@ -149,7 +151,13 @@ async def _subscriber(
                             # The retry frame, or a keep-alive comment that httpx-sse
                             # reports as an empty event (the spec dispatches nothing).
                             continue
-                        sub.received.append((int(event.id), json.loads(event.data)["k"]))
+                        if event.event == "reset":
+                            sub.resets += 1  # must never happen: the history is intact
+                            continue
+                        sub.received.append(
+                            (int(event.id.split(".")[0]), json.loads(event.data)["k"])
+                        )
+                        sub.last_id = event.id
                         budget -= 1
                         if budget == 0:
                             break
@@ -297,6 +305,8 @@ async def test_nothing_lost_or_duplicated_under_faults(
         if stray := set(keys) - ledger.ok - ledger.unknown:
             anomalies.append(f"events nobody wrote: {sorted(stray)[:10]}")
         for i, sub in enumerate(subscribers):
+            if sub.resets:
+                anomalies.append(f"subscriber {i} got {sub.resets} reset frames")
             if sub.received != log:
                 anomalies.append(f"subscriber {i} disagrees with the log")
         print(

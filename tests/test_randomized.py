@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import asyncpg
 import httpx
 
-from tests.support import new_topic, subscribe, wait_for
+from tests.support import new_topic, seq, subscribe, wait_for
 
 SEED = int(os.environ.get("CHANGEFEED_TEST_SEED", random.randrange(1 << 30)))
 ROUNDS = int(os.environ.get("CHANGEFEED_TEST_ROUNDS", "25"))
@@ -35,6 +35,7 @@ class Reader:
     name: str
     received: list[tuple[int, str]] = field(default_factory=list)
     sessions: int = 0
+    last_id: str | None = None  # as the stream sent it: <seq>.<hash8>
 
 
 async def _http_writer(
@@ -104,7 +105,7 @@ async def _reader(
             return
         reader.sessions += 1
         # First session: the whole topic; then resume with the browser's header.
-        options = {"after": 0} if last is None else {"last_event_id": str(last)}
+        options = {"after": 0} if last is None else {"last_event_id": reader.last_id}
         budget = rng.randint(1, 40)
         async with subscribe(client, topic, **options) as stream:  # type: ignore[arg-type]
             while budget > 0:
@@ -114,7 +115,9 @@ async def _reader(
                     if done.is_set():
                         break
                     continue
-                reader.received.append((int(event.id), json.loads(event.data)["k"]))
+                assert event.event != "reset", event.data
+                reader.received.append((int(seq(event)), json.loads(event.data)["k"]))
+                reader.last_id = event.id
                 budget -= 1
 
 

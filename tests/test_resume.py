@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 
-from tests.support import Service, new_topic, publish, subscribe
+from tests.support import Service, new_topic, publish, seq, subscribe
 
 
 async def _topic_with(client: httpx.AsyncClient, n: int) -> str:
@@ -19,20 +21,20 @@ async def _topic_with(client: httpx.AsyncClient, n: int) -> str:
 async def test_after_zero_replays_everything(client: httpx.AsyncClient) -> None:
     topic = await _topic_with(client, 5)
     async with subscribe(client, topic, after=0) as stream:
-        assert [e.id for e in await stream.take(5)] == ["1", "2", "3", "4", "5"]
+        assert [seq(e) for e in await stream.take(5)] == ["1", "2", "3", "4", "5"]
 
 
 async def test_after_n_resumes_after_n(client: httpx.AsyncClient) -> None:
     topic = await _topic_with(client, 5)
     async with subscribe(client, topic, after=3) as stream:
-        assert [e.id for e in await stream.take(2)] == ["4", "5"]
+        assert [seq(e) for e in await stream.take(2)] == ["4", "5"]
         await stream.expect_nothing(within=0.3)
 
 
 async def test_last_event_id_header_beats_query(client: httpx.AsyncClient) -> None:
     topic = await _topic_with(client, 5)
     async with subscribe(client, topic, after=1, last_event_id="4") as stream:
-        assert (await stream.next()).id == "5"
+        assert seq(await stream.next()) == "5"
         await stream.expect_nothing(within=0.3)
 
 
@@ -42,14 +44,14 @@ async def test_live_tail_by_default(client: httpx.AsyncClient) -> None:
         await stream.expect_nothing(within=0.3)
         assert (await publish(client, topic, {"type": "late", "data": 4})).status_code == 202
         event = await stream.next()
-        assert (event.id, event.event, event.data) == ("4", "late", "4")
+        assert (seq(event), event.event, event.data) == ("4", "late", "4")
 
 
 async def test_resume_at_head_waits_for_new_events(client: httpx.AsyncClient) -> None:
     topic = await _topic_with(client, 2)
     async with subscribe(client, topic, last_event_id="2") as stream:
         await publish(client, topic, {"data": 3})
-        assert (await stream.next()).id == "3"
+        assert seq(await stream.next()) == "3"
 
 
 async def test_stream_headers_and_retry_first(service: Service) -> None:
@@ -92,3 +94,28 @@ async def test_event_data_is_one_line_json(client: httpx.AsyncClient) -> None:
     import json
 
     assert json.loads(event.data) == data
+
+
+async def test_ids_carry_a_hash_and_a_wrong_one_gets_an_explicit_reset(
+    client: httpx.AsyncClient,
+) -> None:
+    topic = await _topic_with(client, 3)
+    async with subscribe(client, topic, after=0) as stream:
+        first, second, third = await stream.take(3)
+    assert first.id.startswith("1.") and len(first.id) == 2 + 8
+    # The true id: resumes exactly.
+    async with subscribe(client, topic, last_event_id=second.id) as stream:
+        assert (await stream.next()).id == third.id
+    # An id this topic never issued at that seq (a restore, a recreated topic, tampering):
+    # the stream says so first, then replays the topic from its start.
+    async with subscribe(client, topic, last_event_id="2.00000000") as stream:
+        reset = await stream.next()
+        assert reset.event == "reset"
+        body = json.loads(reset.data)
+        assert (body["reason"], body["requested"], body["after"]) == ("mismatch", "2.00000000", 0)
+        assert [e.id for e in await stream.take(3)] == [first.id, second.id, third.id]
+    # Beyond the head with a hash: the database went back in time; also said, not hidden.
+    async with subscribe(client, topic, after="9.0123abcd") as stream:
+        reset = await stream.next()
+        assert reset.event == "reset" and json.loads(reset.data)["reason"] == "behind"
+        assert seq(await stream.next()) == "1"

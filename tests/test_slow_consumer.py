@@ -63,7 +63,7 @@ async def test_slow_consumer_falls_back_to_the_table(module_database: str) -> No
                     *frames, buffer = buffer.split(b"\n\n")
                     for frame in frames:
                         if frame.startswith(b"id: "):
-                            seqs.append(int(frame.split(b"\n", 1)[0][4:]))
+                            seqs.append(int(frame.split(b"\n", 1)[0][4:].split(b".")[0]))
                     if seqs and seqs[-1] == EVENTS:
                         break
             assert seqs == list(range(1, EVENTS + 1))
