@@ -32,10 +32,14 @@ PAGE = b"""<!doctype html>
 <title>changefeed EventSource</title>
 <script>
 const feed = new EventSource(new URLSearchParams(location.search).get("feed"));
-const state = {opens: 0, errors: 0, seen: []};
+const state = {opens: 0, errors: 0, seen: [], resets: []};
 const report = () => fetch("/report", {method: "POST", body: JSON.stringify(state)});
 feed.onopen = () => { state.opens++; report(); };
 feed.onerror = () => { state.errors++; };
+feed.addEventListener("reset", (e) => {
+  state.resets.push(JSON.parse(e.data).reason);
+  report();
+});
 feed.addEventListener("tick", (e) => {
   state.seen.push([e.lastEventId.split(".")[0], JSON.parse(e.data).n]);
   report();
@@ -49,7 +53,7 @@ class _PageServer:
 
     def __init__(self) -> None:
         self.port = free_port()
-        self.latest: dict[str, Any] = {"opens": 0, "seen": []}
+        self.latest: dict[str, Any] = {"opens": 0, "seen": [], "resets": []}
         self.changed = threading.Condition()
         server = self
 
@@ -142,6 +146,41 @@ async def test_eventsource_resumes_exactly_across_a_service_restart(
             browser.kill()
             await browser.wait()
         await db.close()
+        service.stop()
+        page.close()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+async def test_eventsource_page_reads_a_reset_frame(module_database: str) -> None:
+    """A resume point the topic cannot vouch for: the page is told, then gets the topic."""
+    assert CHROMIUM is not None, "CI must install chromium"
+    page = _PageServer()
+    origin = f"http://127.0.0.1:{page.port}"
+    service = Service(module_database, env={"CHANGEFEED_CORS_ORIGINS": origin}).start()
+    topic = new_topic("browser")
+    profile = private_tempdir("changefeed-chromium-")
+    browser: asyncio.subprocess.Process | None = None
+    try:
+        async with httpx.AsyncClient(base_url=service.base_url, timeout=10) as client:
+            batch = [{"type": "tick", "data": {"n": n}} for n in (1, 2, 3)]
+            assert (await client.post(f"/feeds/{topic}", json=batch)).status_code == 202
+        # An id of another history at seq 2 (as after a database restore).
+        feed = f"{service.base_url}/feeds/{topic}?after=2.00000000"
+        browser = await asyncio.create_subprocess_exec(
+            CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+            "--no-first-run", "--disable-background-networking", "--disable-sync",
+            "--disable-component-update", f"--user-data-dir={profile}",
+            f"{origin}/?feed={feed}",
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        final = await page.wait(lambda s: len(s["seen"]) >= 3)
+        assert final["resets"] == ["mismatch"]
+        assert final["seen"] == [[str(n), n] for n in (1, 2, 3)]
+    finally:
+        if browser is not None:
+            browser.kill()
+            await browser.wait()
         service.stop()
         page.close()
         shutil.rmtree(profile, ignore_errors=True)
