@@ -357,3 +357,19 @@ class BlackholeProxy:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
+
+
+def changefeed(
+    *args: str, env: dict[str, str] | None = None, stdin: str | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run the ``changefeed`` command with only the given CHANGEFEED_* variables."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CHANGEFEED_")}
+    return subprocess.run(
+        [sys.executable, "-m", "service", *args],
+        cwd=REPO,
+        env={**clean, **(env or {})},
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -4,27 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
-import sys
 
 import asyncpg
 import httpx
 
-from tests.support import REPO, new_topic, wait_for
+from tests.support import changefeed, new_topic, wait_for
 
 
 def _verify(url: str, *topics: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHANGEFEED_")}
-    env["CHANGEFEED_DATABASE_URL"] = url
-    return subprocess.run(
-        [sys.executable, "-m", "service", "verify", *topics],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return changefeed("verify", *topics, env={"CHANGEFEED_DATABASE_URL": url}, timeout=60)
 
 
 async def _stored(db: asyncpg.Connection, topic: str, count: int) -> None:

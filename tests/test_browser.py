@@ -10,6 +10,7 @@ import os
 import shutil
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -46,6 +47,26 @@ feed.addEventListener("tick", (e) => {
 });
 </script>
 """
+
+
+async def _chromium(profile: Path, url: str) -> asyncio.subprocess.Process:
+    """Headless Chromium on ``url``, with the flags this closed network needs."""
+    assert CHROMIUM is not None
+    return await asyncio.create_subprocess_exec(
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-sync",
+        "--disable-component-update",
+        f"--user-data-dir={profile}",
+        url,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
 
 
 class _PageServer:
@@ -114,21 +135,7 @@ async def test_eventsource_resumes_exactly_across_a_service_restart(
             assert (await client.post(f"/feeds/{topic}", json=batch)).status_code == 202
 
         feed = f"{service.base_url}/feeds/{topic}?after=0"
-        browser = await asyncio.create_subprocess_exec(
-            CHROMIUM,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-sync",
-            "--disable-component-update",
-            f"--user-data-dir={profile}",
-            f"{origin}/?feed={feed}",
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
+        browser = await _chromium(profile, f"{origin}/?feed={feed}")
         await page.wait(lambda s: len(s["seen"]) >= 3)
 
         # Restart the service; meanwhile an application publishes from SQL.
@@ -166,14 +173,7 @@ async def test_eventsource_page_reads_a_reset_frame(module_database: str) -> Non
             assert (await client.post(f"/feeds/{topic}", json=batch)).status_code == 202
         # An id of another history at seq 2 (as after a database restore).
         feed = f"{service.base_url}/feeds/{topic}?after=2.00000000"
-        browser = await asyncio.create_subprocess_exec(
-            CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-            "--no-first-run", "--disable-background-networking", "--disable-sync",
-            "--disable-component-update", f"--user-data-dir={profile}",
-            f"{origin}/?feed={feed}",
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )  # fmt: skip
+        browser = await _chromium(profile, f"{origin}/?feed={feed}")
         final = await page.wait(lambda s: len(s["seen"]) >= 3)
         assert final["resets"] == ["mismatch"]
         assert final["seen"] == [[str(n), n] for n in (1, 2, 3)]

@@ -8,27 +8,17 @@ import json
 import os
 import random
 import subprocess
-import sys
 
 import asyncpg
 import pytest
 
-from tests.support import REPO, wait_for
+from tests.support import changefeed, wait_for
 
 SEED = int(os.environ.get("CHANGEFEED_TEST_SEED", random.randrange(1 << 30)))
 
 
 def _changefeed(url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHANGEFEED_")}
-    env["CHANGEFEED_DATABASE_URL"] = url
-    return subprocess.run(
-        [sys.executable, "-m", "service", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return changefeed(*args, env={"CHANGEFEED_DATABASE_URL": url}, timeout=60)
 
 
 async def _drained(db: asyncpg.Connection) -> None:

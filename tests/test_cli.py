@@ -20,21 +20,22 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from service import schema
 from service.cluster import Cluster
-from tests.support import REPO, Service, create_database, new_topic, private_tempdir, seq, subscribe
+from tests.support import (
+    REPO,
+    Service,
+    changefeed,
+    create_database,
+    new_topic,
+    private_tempdir,
+    seq,
+    subscribe,
+)
 
 
 def _changefeed(
     *args: str, env: dict[str, str], timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("CHANGEFEED_")}
-    return subprocess.run(
-        [sys.executable, "-m", "service", *args],
-        cwd=REPO,
-        env={**clean, **env},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return changefeed(*args, env=env, timeout=timeout)
 
 
 async def test_concurrent_migrations_are_safe_and_idempotent(admin_url: str) -> None:

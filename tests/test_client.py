@@ -5,16 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import subprocess
-import sys
 import uuid
 
 import asyncpg
 import httpx
 
 from service.client import Client, ClientError, FileCheckpoint, TableCheckpoint
-from tests.support import REPO, Service, new_topic, private_tempdir, publish, subscribe
+from tests.support import Service, changefeed, new_topic, private_tempdir, publish, subscribe
 
 
 async def _published(client: httpx.AsyncClient, topic: str, n: int) -> None:
@@ -158,16 +156,7 @@ class _ReadOnly:
 
 
 def _cli(service: Service, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHANGEFEED_")}
-    env["CHANGEFEED_URL"] = service.base_url
-    return subprocess.run(
-        [sys.executable, "-m", "service", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return changefeed(*args, env={"CHANGEFEED_URL": service.base_url}, timeout=60)
 
 
 def test_cli_publish_tail_and_consumers(service: Service) -> None:
@@ -193,8 +182,5 @@ def test_cli_publish_tail_and_consumers(service: Service) -> None:
     assert _cli(service, "consumers", "delete", name).returncode == 0
     missing = _cli(service, "consumers", "show", name)
     assert missing.returncode == 1 and "404" in missing.stderr
-    unreachable = subprocess.run(
-        [sys.executable, "-m", "service", "publish", topic, "1", "--url", "http://127.0.0.1:1"],
-        cwd=REPO, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    unreachable = changefeed("publish", topic, "1", "--url", "http://127.0.0.1:1")
     assert unreachable.returncode == 1 and "cannot reach" in unreachable.stderr

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 
 import asyncpg
 import httpx
 
-from tests.support import REPO, Service, create_database, new_topic, private_tempdir, wait_for
+from tests.support import (
+    Service,
+    changefeed,
+    create_database,
+    new_topic,
+    private_tempdir,
+    wait_for,
+)
 
 NDJSON = {"Accept": "application/x-ndjson"}
 
@@ -61,17 +66,8 @@ async def test_ndjson_export_of_a_range(
     assert bad.status_code == 400
 
 
-def _cli(url: str, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHANGEFEED_")}
-    env["CHANGEFEED_URL"] = url
-    return subprocess.run(
-        [sys.executable, "-m", "service", *args],
-        cwd=REPO,
-        env=env,
-        input=stdin,
-        capture_output=True,
-        timeout=120,
-    )
+def _cli(url: str, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return changefeed(*args, env={"CHANGEFEED_URL": url}, stdin=stdin)
 
 
 async def test_cli_export_then_import_elsewhere_twice(
@@ -95,12 +91,12 @@ async def test_cli_export_then_import_elsewhere_twice(
         assert other.database_url is not None
         await _sequenced(other.database_url, topic, 300)
         copied = _cli(other.base_url, "export", topic)
-        lines = [json.loads(x) for x in copied.stdout.decode().splitlines()]
+        lines = [json.loads(x) for x in copied.stdout.splitlines()]
         assert [(x["seq"], x["type"], x["data"]) for x in lines] == [
             (i + 1, "t", {"n": i}) for i in range(300)
         ]
         assert lines[5]["id"] == "mine" and lines[0]["id"] == f"{topic}:1"
-        garbage = _cli(other.base_url, "import", stdin=b'{"not": "an export line"}\n')
+        garbage = _cli(other.base_url, "import", stdin='{"not": "an export line"}\n')
         assert garbage.returncode == 2
     finally:
         other.stop()
