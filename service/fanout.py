@@ -284,8 +284,10 @@ class Hub:
     async def _fetch(self, feed: Feed) -> None:
         while feed.subscribers and feed.fetched is not None and feed.known > feed.fetched:
             if feed.topic == GLOBAL:
+                # One read for every multi-topic stream here: what any of them selects.
+                wanted = Selector.union(sub.selector for sub in feed.subscribers if sub.selector)
                 rows, covered = await events.global_page(
-                    self._db, None, feed.fetched, self._page_size
+                    self._db, wanted, feed.fetched, self._page_size
                 )
                 self._offer_selected(feed, rows, covered)
             else:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Iterable
 
 TOPIC = re.compile(r"[A-Za-z0-9._:-]{1,200}")
 TYPE = re.compile(r"[^\x00-\x1f\x7f]{1,200}")
@@ -61,7 +63,19 @@ class Selector:
             raise InvalidInput("at most 100 topics or patterns in one stream")
         self.topics = sorted({check_topic(n) for n in names if "*" not in n})
         self.patterns = sorted({_check_pattern(n) for n in names if "*" in n})
-        self._regex = re.compile(
+
+    @classmethod
+    def union(cls, selectors: Iterable[Selector]) -> Selector:
+        """Everything any of ``selectors`` selects (for one read on behalf of them all)."""
+        merged = cls.__new__(cls)
+        chosen = list(selectors)
+        merged.topics = sorted({t for s in chosen for t in s.topics})
+        merged.patterns = sorted({p for s in chosen for p in s.patterns})
+        return merged
+
+    @functools.cached_property
+    def _regex(self) -> re.Pattern[str]:
+        return re.compile(
             "|".join(
                 [re.escape(t) for t in self.topics]
                 + [".*".join(re.escape(part) for part in p.split("*")) for p in self.patterns]
