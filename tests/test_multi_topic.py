@@ -139,7 +139,9 @@ async def test_wildcard_resumed_at_random_points_is_exact(
 
 async def test_live_tail_and_beyond_head_for_many(client: httpx.AsyncClient) -> None:
     p = _prefix()
-    await publish(client, f"{p}.a", {"data": "before"})
+    async with subscribe(client, f"{p}.*") as first:
+        await publish(client, f"{p}.a", {"data": "before"})
+        await first.next()  # sequenced: the live tail starts after it
     async with subscribe(client, f"{p}.*") as stream:
         await stream.expect_nothing(within=0.3)
         await publish(client, f"{p}.a", {"data": "after"})
