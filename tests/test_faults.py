@@ -219,7 +219,8 @@ async def test_nothing_lost_or_duplicated_under_faults(
         deadline = asyncio.get_running_loop().time() + SECONDS
         step = min(SECONDS / (len(schedule) + 1), 6.0)
         n = 0
-        while asyncio.get_running_loop().time() + step < deadline:
+        # The whole schedule runs at least once; a longer run repeats it until the deadline.
+        while n < len(schedule) or asyncio.get_running_loop().time() + step < deadline:
             await asyncio.sleep(step)
             fault = schedule[n % len(schedule)]
             n += 1
