@@ -31,7 +31,14 @@ async def test_listener_notices_a_silently_dead_connection(
     proxy = await BlackholeProxy(cluster.port).start()
     database = url.rsplit("/", 1)[1]
     via_proxy = url_with_database(f"postgresql://{SUPERUSER}@127.0.0.1:{proxy.port}/x", database)
-    service = Service(via_proxy, env={"CHANGEFEED_RECHECK_SECONDS": "1"})
+    # Each frozen pooled connection costs one query timeout before it is dropped: keep both
+    # small so that the whole recovery fits the test's bounds.
+    env = {
+        "CHANGEFEED_RECHECK_SECONDS": "1",
+        "CHANGEFEED_QUERY_TIMEOUT_SECONDS": "3",
+        "CHANGEFEED_POOL_MAX_SIZE": "4",
+    }
+    service = Service(via_proxy, env=env)
     await asyncio.to_thread(service.start)
     try:
         async with httpx.AsyncClient(base_url=service.base_url, timeout=60) as client:
@@ -57,7 +64,7 @@ async def test_listener_notices_a_silently_dead_connection(
                     return response.status_code == 202
 
                 assert await wait_for(published, timeout=60)
-                assert seq(await stream.next(timeout=30)) == "1"
+                assert seq(await stream.next(timeout=60)) == "1"
     finally:
         service.stop()
         await proxy.close()
