@@ -9,7 +9,7 @@ import msgspec
 
 from service import events
 from service.database import Database
-from service.replay import ReplayEvent
+from service.replay import ReplayEvent, event_fields
 from service.schema import SCHEMA
 from service.topics import InvalidInput
 
@@ -68,18 +68,6 @@ async def lines(
         if not rows:
             return
         yield b"".join(
-            _encoder.encode(
-                ExportLine(
-                    seq=r["seq"],
-                    type=r["type"],
-                    data=msgspec.Raw(r["data"].encode()),
-                    time=r["time"],
-                    id=r["event_id"],
-                    hash=r["hash"],
-                    topic=topic,
-                )
-            )
-            + b"\n"
-            for r in rows
+            _encoder.encode(ExportLine(topic=topic, **event_fields(r))) + b"\n" for r in rows
         )
         last = rows[-1]["seq"]

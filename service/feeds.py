@@ -28,6 +28,11 @@ def _runtime(state: State) -> Runtime:
     return runtime
 
 
+_EVENT_STREAM = ResponseSpec(
+    data_container=str, media_type="text/event-stream", description="The event stream"
+)
+
+
 class FeedController(Controller):
     path = "/feeds"
     tags = ["feeds"]
@@ -66,16 +71,13 @@ class FeedController(Controller):
         "/{topic:str}",
         summary="Subscribe (Server-Sent Events)",
         description=(
-            "A `text/event-stream`. Each event is a frame with `id: <seq>`, `event: <type>`, "
-            "`data: <JSON>`. Starts after the `Last-Event-ID` header if present, else after "
-            "`?after=<seq>`, else at the live tail. `after=0` replays the whole topic. "
+            "A `text/event-stream`. Each event is a frame with `id: <seq>.<hash8>`, "
+            "`event: <type>`, `data: <JSON>`. Starts after the `Last-Event-ID` header if "
+            "present, else after `?after=<seq>` (or `<seq>.<hash8>`, checked: a mismatch starts "
+            "with `event: reset`), else at the live tail. `after=0` replays the whole topic. "
             "A `*` in the name makes it a pattern over topics (`orders.*`): see `GET /feeds`."
         ),
-        responses={
-            200: ResponseSpec(
-                data_container=str, media_type="text/event-stream", description="The event stream"
-            )
-        },
+        responses={200: _EVENT_STREAM},
     )
     async def subscribe(
         self,
@@ -101,11 +103,7 @@ class FeedController(Controller):
             "in one order: the global position, which is the frames' `id`. Each frame's data "
             'is `{"topic", "seq", "data"}`. Resuming works as for one topic, with positions.'
         ),
-        responses={
-            200: ResponseSpec(
-                data_container=str, media_type="text/event-stream", description="The event stream"
-            )
-        },
+        responses={200: _EVENT_STREAM},
     )
     async def subscribe_many(
         self,

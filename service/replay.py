@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
+import asyncpg
 import msgspec
 
 from service import events
@@ -23,6 +24,18 @@ class ReplayEvent(msgspec.Struct):
     id: str | None
     # The chain hash (hex): sha256 of the previous event's hash and this event's content.
     hash: str | None
+
+
+def event_fields(row: asyncpg.Record) -> dict[str, Any]:
+    """A stored event's fields as the replay and export APIs show them."""
+    return {
+        "seq": row["seq"],
+        "type": row["type"],
+        "data": msgspec.Raw(row["data"].encode()),
+        "time": row["time"],
+        "id": row["event_id"],
+        "hash": row["hash"],
+    }
 
 
 class ReplayPage(msgspec.Struct):
@@ -64,17 +77,7 @@ async def read_page(db: Executor, topic: str, after: int, limit: int) -> bytes:
         topic=topic,
         after=after,
         head=head,
-        events=[
-            ReplayEvent(
-                seq=r["seq"],
-                type=r["type"],
-                data=msgspec.Raw(r["data"].encode()),
-                time=r["time"],
-                id=r["event_id"],
-                hash=r["hash"],
-            )
-            for r in rows
-        ],
+        events=[ReplayEvent(**event_fields(r)) for r in rows],
         next=f"/feeds/{quote(topic)}/events?after={last}&limit={limit}",
     )
     return _encoder.encode(page)
