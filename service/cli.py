@@ -86,6 +86,34 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("topics", nargs="*", metavar="TOPIC")
     verify.set_defaults(handler=_verify)
 
+    retention = commands.add_parser(
+        "retention",
+        help="set, list or clear per-topic retention policies",
+        description="Policies say how long topics keep their events (default: forever). "
+        "The most specific policy governs a topic: its exact name, else the longest pattern "
+        "that matches it. Every replica enforces them every CHANGEFEED_RETENTION_INTERVAL_"
+        "SECONDS; `changefeed trim` enforces them now.",
+    )
+    policy_actions = retention.add_subparsers(dest="action", required=True, metavar="ACTION")
+    policy_set = policy_actions.add_parser("set", help="create or replace a policy")
+    policy_set.add_argument("pattern", help="a topic, or a pattern such as orders.*")
+    policy_set.add_argument(
+        "--max-age", help="keep events younger than this (PostgreSQL interval: 30d, 12h, P1W)"
+    )
+    policy_set.add_argument("--max-count", type=int, help="keep the latest N events")
+    policy_set.set_defaults(handler=_retention_set)
+    policy_actions.add_parser("list", help="every policy").set_defaults(handler=_retention_list)
+    policy_clear = policy_actions.add_parser("clear", help="remove a policy")
+    policy_clear.add_argument("pattern")
+    policy_clear.set_defaults(handler=_retention_clear)
+    trim = commands.add_parser(
+        "trim",
+        help="enforce the retention policies now",
+        description="Remove the events that retention policies no longer keep, in short "
+        "transactions, and print how many per topic.",
+    )
+    trim.set_defaults(handler=_trim)
+
     publish = commands.add_parser(
         "publish", help="publish one event", description="Publish one event whose data is JSON."
     )
@@ -243,6 +271,91 @@ def _verify(settings: Settings, args: argparse.Namespace) -> int:
         return 1
     print(f"changefeed verify: {', '.join(args.topics) or 'every topic'}: intact")
     return 0
+
+
+def _retention_set(settings: Settings, args: argparse.Namespace) -> int:
+    from service import retention
+
+    def say(policy: retention.Policy) -> str:
+        return f"{policy.pattern}: {_describe(policy)}"
+
+    return _with_connection(
+        settings,
+        "retention",
+        lambda conn: retention.set_policy(conn, args.pattern, args.max_age, args.max_count),
+        say,
+    )
+
+
+def _describe(policy: Any) -> str:
+    bounds = []
+    if policy.max_age is not None:
+        bounds.append(f"events younger than {policy.max_age}")
+    if policy.max_count is not None:
+        bounds.append(f"the latest {policy.max_count} events")
+    return "keep " + " and ".join(bounds)
+
+
+def _retention_list(settings: Settings, args: argparse.Namespace) -> int:
+    from service import retention
+
+    def say(found: list[retention.Policy]) -> str:
+        if not found:
+            return "no policies: every topic keeps every event"
+        return "\n" + "\n".join(f"{p.pattern}: {_describe(p)}" for p in found)
+
+    return _with_connection(settings, "retention", retention.policies, say)
+
+
+def _retention_clear(settings: Settings, args: argparse.Namespace) -> int:
+    from service import retention
+
+    return _with_connection(
+        settings,
+        "retention",
+        lambda conn: retention.clear_policy(conn, args.pattern),
+        lambda removed: f"cleared {args.pattern}" if removed else f"no policy for {args.pattern}",
+    )
+
+
+def _trim(settings: Settings, args: argparse.Namespace) -> int:
+    from service import retention
+
+    def say(removed: dict[str, int]) -> str:
+        if not removed:
+            return "nothing to remove"
+        return ", ".join(f"{topic}: {n} removed" for topic, n in sorted(removed.items()))
+
+    return _with_connection(
+        settings,
+        "trim",
+        lambda conn: retention.trim(conn, settings.retention_batch_rows),
+        say,
+    )
+
+
+def _with_connection(
+    settings: Settings,
+    command: str,
+    work: Callable[[Any], Awaitable[Any]],
+    say: Callable[[Any], str],
+) -> int:
+    """Run ``work`` on a connection to CHANGEFEED_DATABASE_URL and print what ``say`` makes
+    of its result; a failure is one line on stderr and exit 1."""
+    import asyncpg
+
+    url = _database_url(settings, command)
+    if url is None:
+        return 2
+
+    async def run() -> Any:
+        conn = await asyncpg.connect(url)
+        try:
+            return await work(conn)
+        finally:
+            await conn.close()
+
+    return _run(command, run(), say)
 
 
 def _run(command: str, work: Awaitable[Any], say: Callable[[Any], str]) -> int:

@@ -213,11 +213,13 @@ class Client:
                         if not sse.data:
                             continue  # the retry frame, or a keep-alive httpx-sse reports
                         if sse.event == "reset":
-                            # The server no longer holds the history we followed (a restore,
-                            # a recreated topic): it replays from the start. Say so.
-                            last = 0
-                            await store.save(last)
+                            # The stream does not continue where we asked: the server no
+                            # longer holds the history we followed (a restore, a recreated
+                            # topic) and replays from the start, or retention removed events
+                            # we had not seen. It says where it continues; say so.
                             data = json.loads(sse.data)
+                            last = int(data.get("after", 0))
+                            await store.save(last)
                             yield Event(id=0, topic=single or "", seq=0, type="reset", data=data)
                             continue
                         event = _event(sse.id, sse.event, sse.data, single)

@@ -67,6 +67,11 @@ class Database:
             rows: list[asyncpg.Record] = await conn.fetch(query, *args, timeout=self.timeout)
             return rows
 
+    async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
+        async with self.acquire() as conn:
+            row: asyncpg.Record | None = await conn.fetchrow(query, *args, timeout=self.timeout)
+            return row
+
     async def fetchval(self, query: str, *args: Any) -> Any:
         async with self.acquire() as conn:
             return await conn.fetchval(query, *args, timeout=self.timeout)

@@ -1,6 +1,9 @@
-"""Reading the events table: heads and pages of one topic, in seq order."""
+"""Reading the events table: heads, low-water marks and pages, in seq or global order."""
 
 from __future__ import annotations
+
+import json
+from typing import NamedTuple
 
 import asyncpg
 
@@ -9,6 +12,16 @@ from service.schema import SCHEMA
 from service.topics import Selector
 
 _HEAD = f"SELECT head FROM {SCHEMA}.topics WHERE topic = $1"
+_MARKS = f"SELECT head, first_seq FROM {SCHEMA}.topics WHERE topic = $1"
+# What the topic holds at a resume point: the event's hash, or at the seq just before the
+# low-water mark the hash retention kept of the last removed event.
+_RESUME = f"""
+SELECT t.head, t.first_seq,
+       left(encode(CASE WHEN $2 = t.first_seq - 1 THEN t.tail_hash
+                        ELSE (SELECT e.hash FROM {SCHEMA}.events e
+                              WHERE e.topic = $1 AND e.seq = $2) END, 'hex'), 8) AS hash
+FROM {SCHEMA}.topics t WHERE t.topic = $1
+"""
 _HEADS = f"SELECT topic, head FROM {SCHEMA}.topics WHERE topic = ANY($1::text[])"
 # data::text hands the stored JSON through untouched: it is never decoded on the way out.
 _PAGE = f"""
@@ -22,11 +35,19 @@ LIMIT $3
 _GLOBAL_HEAD = f"SELECT position FROM {SCHEMA}.sequencer"
 # Events of several topics in global order. Each read scans at most $5 positions, so that a
 # sparse selection never turns one page into a scan of the whole table; it also returns the
-# head in the same snapshot, which tells how far the scan got when fewer events matched.
+# head in the same snapshot, which tells how far the scan got when fewer events matched,
+# and the selected topics from which retention removed events after position $1 (`lost`:
+# topic -> first seq still held), which a reader could not otherwise tell from a quiet topic.
 _GLOBAL_PAGE = f"""
-WITH head AS (SELECT position AS head FROM {SCHEMA}.sequencer)
-SELECT head.head, e.position, e.topic, e.seq, e.type, e.data, e.published_at
-FROM head
+WITH head AS (SELECT position AS head FROM {SCHEMA}.sequencer),
+lost AS (
+    SELECT jsonb_object_agg(t.topic, t.first_seq)::text AS lost
+    FROM {SCHEMA}.topics t
+    WHERE t.tail_position > $1
+      AND ($2::text[] IS NULL OR t.topic = ANY($2::text[]) OR t.topic LIKE ANY($3::text[]))
+)
+SELECT head.head, lost.lost, e.position, e.topic, e.seq, e.type, e.data, e.published_at
+FROM head CROSS JOIN lost
 LEFT JOIN LATERAL (
     SELECT position, topic, seq, type, data::text AS data, published_at
     FROM {SCHEMA}.events
@@ -50,10 +71,32 @@ class AfterHead(Exception):
         self.head = head
 
 
+class Trimmed(Exception):
+    """Retention removed events after the requested starting seq."""
+
+    def __init__(self, after: int, first_seq: int) -> None:
+        super().__init__(after, first_seq)
+        self.after = after
+        self.first_seq = first_seq
+
+
 async def head(db: Executor, topic: str) -> int:
     """The topic's last seq; 0 for a topic with no events yet."""
     value: int | None = await db.fetchval(_HEAD, topic)
     return value or 0
+
+
+async def marks(db: Executor, topic: str) -> tuple[int, int]:
+    """The topic's head and its low-water mark (the first seq retention still holds)."""
+    row = await db.fetchrow(_MARKS, topic)
+    return (row["head"], row["first_seq"]) if row else (0, 1)
+
+
+async def resume_point(db: Executor, topic: str, seq: int) -> tuple[int, int, str | None]:
+    """Head, low-water mark, and the first 8 hex digits of the chain hash of the event at
+    ``seq`` (None if the topic holds none there)."""
+    row = await db.fetchrow(_RESUME, topic, seq)
+    return (row["head"], row["first_seq"], row["hash"]) if row else (0, 1, None)
 
 
 async def heads(db: Executor, topics: list[str]) -> dict[str, int]:
@@ -74,27 +117,27 @@ async def global_head(db: Executor) -> int:
     return value
 
 
+class GlobalPage(NamedTuple):
+    """A read in global order: the events, the position it covered up to, and the selected
+    topics that retention cut after the starting position (topic -> first seq held)."""
+
+    rows: list[asyncpg.Record]
+    covered: int
+    lost: dict[str, int]
+
+
 async def global_page(
     db: Executor, selector: Selector | None, after: int, limit: int
-) -> tuple[list[asyncpg.Record], int]:
+) -> GlobalPage:
     """Events with position > ``after`` (of the selected topics; all when None), in global
-    order, and the position the read covered up to."""
+    order."""
     window = limit * 10
     topics = None if selector is None else selector.topics
     patterns = [] if selector is None else selector.like_patterns
     rows = await db.fetch(_GLOBAL_PAGE, after, topics, patterns, limit, window)
     head: int = rows[0]["head"] if rows else after
+    lost = json.loads(rows[0]["lost"]) if rows and rows[0]["lost"] else {}
     found = [r for r in rows if r["position"] is not None]
     if len(found) >= limit:
-        return found, found[-1]["position"]
-    return found, min(head, after + window)
-
-
-async def hash_prefix(db: Executor, topic: str, seq: int) -> str | None:
-    """The first 8 hex digits of the stored event's chain hash; None if there is none."""
-    value: str | None = await db.fetchval(
-        f"SELECT left(encode(hash, 'hex'), 8) FROM {SCHEMA}.events WHERE topic = $1 AND seq = $2",
-        topic,
-        seq,
-    )
-    return value
+        return GlobalPage(found, found[-1]["position"], lost)
+    return GlobalPage(found, min(head, after + window), lost)

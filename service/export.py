@@ -7,11 +7,14 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from service import events
+from service import events, logs
 from service.database import Database
+from service.events import Trimmed
 from service.replay import ReplayEvent, event_fields
 from service.schema import SCHEMA
 from service.topics import InvalidInput
+
+log = logs.get(__name__)
 
 # Seq order; time is non-decreasing along seq, so time bounds cut the range at both ends.
 _PAGE = f"""
@@ -58,15 +61,41 @@ async def lines(
     page_size: int,
 ) -> AsyncIterator[bytes]:
     """The events with ``after < seq < before`` and ``since <= time < until``, one JSON
-    object per line, up to the topic's head when the export started."""
-    stop = await events.head(db, topic)
+    object per line, up to the topic's head when the export started.
+
+    Raises Trimmed, before anything is produced, when retention removed events after
+    ``after`` (0 means the earliest held). If retention overtakes a running export, the
+    export stops with Trimmed rather than skip: the response is cut off, never silently
+    short.
+    """
+    stop, first_seq = await events.marks(db, topic)
+    if 0 < after < first_seq - 1:
+        raise Trimmed(after, first_seq)
     if before is not None:
         stop = min(stop, before - 1)
+    return _pages(db, topic, after, stop, since, until, page_size)
+
+
+async def _pages(
+    db: Database,
+    topic: str,
+    after: int,
+    stop: int,
+    since: datetime | None,
+    until: datetime | None,
+    page_size: int,
+) -> AsyncIterator[bytes]:
     last = after
+    # Where the range starts is unknown when it starts at the earliest event or at a time.
+    contiguous = after > 0 and since is None
     while last < stop:
         rows = await db.fetch(_PAGE, topic, last, stop, since, until, page_size)
         if not rows:
             return
+        if contiguous and rows[0]["seq"] != last + 1:
+            log.warning("export.overtaken_by_retention", topic=topic, after=last)
+            raise Trimmed(last, rows[0]["seq"])
+        contiguous = True
         yield b"".join(
             _encoder.encode(ExportLine(topic=topic, **event_fields(r))) + b"\n" for r in rows
         )

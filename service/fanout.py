@@ -286,14 +286,16 @@ class Hub:
             if feed.topic == GLOBAL:
                 # One read for every multi-topic stream here: what any of them selects.
                 wanted = Selector.union(sub.selector for sub in feed.subscribers if sub.selector)
-                rows, covered = await events.global_page(
-                    self._db, wanted, feed.fetched, self._page_size
-                )
-                self._offer_selected(feed, rows, covered)
+                page = await events.global_page(self._db, wanted, feed.fetched, self._page_size)
+                rows, covered = page.rows, page.covered
+                self._offer_selected(feed, rows, covered, page.lost)
             else:
                 rows = await events.page(self._db, feed.topic, feed.fetched, self._page_size)
                 covered = rows[-1]["seq"] if rows else feed.fetched
-                batch = Batch(feed.fetched + 1, covered, frames.encode(rows), len(rows))
+                # A batch claims only what it holds: if retention cut past this feed's
+                # position, it does not continue from there, and streams read the table.
+                first = rows[0]["seq"] if rows else feed.fetched + 1
+                batch = Batch(first, covered, frames.encode(rows), len(rows))
                 for sub in feed.subscribers:
                     sub.offer(batch)
             if covered == feed.fetched:
@@ -308,10 +310,13 @@ class Hub:
                         max(0.0, now - row["published_at"].timestamp())
                     )
 
-    def _offer_selected(self, feed: Feed, rows: list[asyncpg.Record], covered: int) -> None:
+    def _offer_selected(
+        self, feed: Feed, rows: list[asyncpg.Record], covered: int, lost: dict[str, int]
+    ) -> None:
         """Offer a global read to multi-topic subscribers: each frame encoded once, and the
         same filtered bytes to every subscriber with the same selection."""
         assert feed.fetched is not None
+        first = feed.fetched + 1
         encoded = frames.encode_multi(rows)
         by_selection: dict[str, Batch] = {}
         for sub in feed.subscribers:
@@ -321,8 +326,11 @@ class Hub:
             if batch is None:
                 pairs = zip(rows, encoded, strict=True)
                 chosen = [f for row, f in pairs if sub.selector.matches(row["topic"])]
+                # Retention cut a selected topic in this range: the batch continues nothing
+                # (first -1), so the stream reads the table, and that read reports the cut.
+                cut = any(sub.selector.matches(topic) for topic in lost)
                 batch = by_selection[key] = Batch(
-                    feed.fetched + 1, covered, b"".join(chosen), len(chosen)
+                    -1 if cut else first, covered, b"".join(chosen), len(chosen)
                 )
             sub.offer(batch)
 

@@ -56,6 +56,11 @@ class FeedController(Controller):
     ) -> Response[dict[str, int]]:
         runtime = _runtime(state)
         check_topic(topic)
+        if runtime.backlog.full:
+            raise unavailable(
+                f"{runtime.backlog.events} events wait for the sequencer (the limit is "
+                f"{runtime.backlog.limit}): it is down or behind; retry shortly"
+            )
         body = await request.body()
         batch = publish.parse(
             body,
@@ -151,7 +156,7 @@ class FeedController(Controller):
         check_topic(topic)
         start = parse_seq(after, "after")
         if "application/x-ndjson" in request.headers.get("accept", ""):
-            lines = export.lines(
+            lines = await export.lines(
                 runtime.db,
                 topic,
                 after=start,

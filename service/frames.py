@@ -36,9 +36,12 @@ def encode(rows: Iterable[asyncpg.Record]) -> bytes:
     )
 
 
-def reset(reason: str, detail: str, requested: str, after: int) -> bytes:
-    """The in-stream signal that the stream does not continue where the client asked."""
-    body = json.dumps({"reason": reason, "detail": detail, "requested": requested, "after": after})
+def reset(reason: str, detail: str, requested: str, after: int, **extra: object) -> bytes:
+    """The in-stream signal that the stream does not continue where the client asked:
+    ``after`` is where it continues from (0: the start of what the topic holds)."""
+    body = json.dumps(
+        {"reason": reason, "detail": detail, "requested": requested, "after": after, **extra}
+    )
     return b"event: reset\ndata: %s\n\n" % body.encode()
 
 

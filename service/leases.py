@@ -73,8 +73,9 @@ GROUP BY c.name
 ORDER BY c.name
 """
 _CURSORS = f"""
-SELECT t.topic, t.head, coalesce(ct.acked_seq, 0) AS acked_seq,
-       ct.lease_expires > clock_timestamp() AS leased
+SELECT t.topic, t.head, t.first_seq, coalesce(ct.acked_seq, 0) AS acked_seq,
+       ct.lease_expires > clock_timestamp() AS leased,
+       coalesce(ct.skipped, 0) AS skipped, ct.skipped_upto
 FROM {SCHEMA}.consumers c
 JOIN {SCHEMA}.topics t ON t.topic = ANY (c.topics) OR t.topic LIKE ANY (c.patterns)
 LEFT JOIN {SCHEMA}.consumer_topics ct ON ct.consumer = c.name AND ct.topic = t.topic
@@ -125,6 +126,11 @@ async def describe(db: Database, name: str) -> dict[str, Any]:
             "head": r["head"],
             "acked": r["acked_seq"],
             "leased": bool(r["leased"]),
+            "first_seq": r["first_seq"],
+            # Events retention removed before this consumer acknowledged them: a gap
+            # stated, not hidden (the cursor was moved past them).
+            "skipped": r["skipped"],
+            "skipped_upto": r["skipped_upto"],
         }
         for r in await db.fetch(_CURSORS, name)
     ]

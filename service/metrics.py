@@ -25,6 +25,12 @@ sequencer_lag = Gauge(
     "changefeed_sequencer_lag_seconds",
     "Age of the oldest committed, unsequenced inbox row (0 unless this replica sequences)",
 )
+inbox_backlog = Gauge(
+    "changefeed_inbox_backlog", "Events waiting in the inbox for the sequencer (read each second)"
+)
+retention_removed = Counter(
+    "changefeed_events_removed", "Events removed by retention by this replica"
+)
 is_sequencer = Gauge("changefeed_is_sequencer", "1 while this replica holds the sequencer role")
 delivery_latency = Histogram(
     "changefeed_delivery_latency_seconds",

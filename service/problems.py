@@ -11,7 +11,7 @@ from litestar.types import ExceptionHandlersMap
 
 from service import logs
 from service.database import UNAVAILABLE
-from service.events import AfterHead
+from service.events import AfterHead, Trimmed
 from service.leases import LeaseLost, UnknownConsumer
 from service.topics import InvalidInput
 
@@ -56,6 +56,17 @@ def _after_head(request: Request[Any, Any, Any], exc: AfterHead) -> Response[Any
     ).to_response(request)
 
 
+def _trimmed(request: Request[Any, Any, Any], exc: Trimmed) -> Response[Any]:
+    return problem(
+        410,
+        "trimmed",
+        "Events removed by retention",
+        f"retention removed the events after seq {exc.after} up to seq {exc.first_seq - 1}; "
+        f"the first seq still held is {exc.first_seq}",
+        first_seq=exc.first_seq,
+    ).to_response(request)
+
+
 def _unknown_consumer(request: Request[Any, Any, Any], exc: UnknownConsumer) -> Response[Any]:
     return problem(
         404, "unknown-consumer", "No such consumer", f"no consumer is named {exc.args[0]!r}"
@@ -88,6 +99,7 @@ def handlers() -> ExceptionHandlersMap:
     mapping: ExceptionHandlersMap = {
         InvalidInput: _invalid_input,
         AfterHead: _after_head,
+        Trimmed: _trimmed,
         UnknownConsumer: _unknown_consumer,
         LeaseLost: _lease_lost,
         asyncpg.DataError: _data_error,

@@ -10,7 +10,7 @@ import asyncpg
 import msgspec
 
 from service import events
-from service.events import AfterHead, Executor
+from service.events import AfterHead, Executor, Trimmed
 
 
 class ReplayEvent(msgspec.Struct):
@@ -39,11 +39,13 @@ def event_fields(row: asyncpg.Record) -> dict[str, Any]:
 
 
 class ReplayPage(msgspec.Struct):
-    """Events after ``after``, the topic's head when read, and the URL of the next page."""
+    """Events after ``after``, the topic's head and low-water mark when read (the first seq
+    retention still holds), and the URL of the next page."""
 
     topic: str
     after: int
     head: int
+    first_seq: int
     events: list[ReplayEvent]
     next: str
 
@@ -54,6 +56,7 @@ class ReplayPageDoc(msgspec.Struct):
     topic: str
     after: int
     head: int
+    first_seq: int
     events: list[dict[str, Any]]
     next: str
 
@@ -62,21 +65,29 @@ _encoder = msgspec.json.Encoder()
 
 
 async def read_page(db: Executor, topic: str, after: int, limit: int) -> bytes:
-    """A page as JSON bytes; AfterHead when ``after`` is past the head.
+    """A page as JSON bytes; AfterHead when ``after`` is past the head, Trimmed when
+    retention removed events after it (``after=0`` means the earliest held: never Trimmed).
 
     ``next`` is always given: at the head it returns no events until more are published,
     so an auditor can follow a topic by polling it.
     """
-    head = await events.head(db, topic)
+    head, first_seq = await events.marks(db, topic)
     if after > head:
         raise AfterHead(after, head)
     rows = await events.page(db, topic, after, limit) if after < head else []
+    if rows and rows[0]["seq"] > after + 1:
+        first_seq = max(first_seq, rows[0]["seq"])  # trimmed since the first read
+    elif not rows and after < head:
+        head, first_seq = await events.marks(db, topic)  # trimmed since the first read
+    if 0 < after < first_seq - 1:
+        raise Trimmed(after, first_seq)
     last = rows[-1]["seq"] if rows else after
     head = max(head, last)
     page = ReplayPage(
         topic=topic,
         after=after,
         head=head,
+        first_seq=first_seq,
         events=[ReplayEvent(**event_fields(r)) for r in rows],
         next=f"/feeds/{quote(topic)}/events?after={last}&limit={limit}",
     )

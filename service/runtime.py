@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 from service import database, logs, migrate
 from service.fanout import Hub
+from service.inbox import Backlog
 from service.listener import Listener
+from service.retention import Retention
 from service.schema import EVENTS_CHANNEL, WAKE_CHANNEL
 from service.sequencer import Sequencer
 from service.settings import Settings
@@ -16,7 +18,8 @@ log = logs.get(__name__)
 
 @dataclass
 class Runtime:
-    """The pool, the fan-out hub, the sequencer loop and the LISTEN connection."""
+    """The pool, the fan-out hub, the sequencer loop, the LISTEN connection, and the
+    housekeeping loops (inbox backlog, retention)."""
 
     settings: Settings
     url: str
@@ -24,6 +27,8 @@ class Runtime:
     hub: Hub
     sequencer: Sequencer
     listener: Listener
+    backlog: Backlog
+    retention: Retention
 
     @classmethod
     async def start(cls, settings: Settings, url: str) -> Runtime:
@@ -58,16 +63,26 @@ class Runtime:
             {EVENTS_CHANNEL: hub.on_hint, WAKE_CHANNEL: lambda _payload: sequencer.wake()},
             on_connect=hub.recheck,
         )
+        backlog = Backlog(db, settings.max_inbox_events)
+        retention = Retention(
+            db,
+            interval_seconds=settings.retention_interval_seconds,
+            batch_rows=settings.retention_batch_rows,
+        )
         hub.start()
         listener.start()
         sequencer.start()
-        return cls(settings, url, db, hub, sequencer, listener)
+        backlog.start()
+        retention.start()
+        return cls(settings, url, db, hub, sequencer, listener, backlog, retention)
 
     def drain(self) -> None:
         """Shutting down: refuse new streams and end open ones so clients reconnect elsewhere."""
         self.hub.drain()
 
     async def stop(self) -> None:
+        await self.retention.stop()
+        await self.backlog.stop()
         await self.hub.close()
         await self.listener.stop()
         await self.sequencer.stop()

@@ -13,6 +13,8 @@ from sqlalchemy.dialects.postgresql import JSONB, UUID
 SCHEMA = "changefeed"
 TOPIC_PATTERN = r"^[A-Za-z0-9._:-]{1,200}$"
 TYPE_PATTERN = r"^[^[:cntrl:]]{1,200}$"
+# Topic patterns (retention policies): topic characters and * for any run of them.
+PATTERN_PATTERN = r"^[A-Za-z0-9._:*-]{1,200}$"
 # pg_notify channels: sequenced batches (hints for replicas) and wake-ups for the sequencer.
 EVENTS_CHANNEL = "changefeed_events"
 WAKE_CHANNEL = "changefeed_wake"
@@ -69,6 +71,27 @@ topics = sa.Table(
     sa.Column("head", sa.BigInteger, nullable=False),
     # The chain hash of the head event: the next event chains from it.
     sa.Column("head_hash", sa.LargeBinary),
+    # The low-water mark: retention removed every event before this seq.
+    sa.Column("first_seq", sa.BigInteger, nullable=False, server_default="1"),
+    # The chain hash and global position of the last removed event (seq first_seq - 1).
+    sa.Column("tail_hash", sa.LargeBinary),
+    sa.Column("tail_position", sa.BigInteger),
+    sa.Index("topics_tail_position", "tail_position"),
+)
+
+retention = sa.Table(
+    "retention",
+    metadata,
+    # A topic name or a pattern with * (any run of characters); the most specific one wins.
+    sa.Column("pattern", sa.Text, primary_key=True),
+    sa.Column("max_age", sa.Interval),
+    sa.Column("max_count", sa.BigInteger),
+    sa.Column(
+        "updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+    sa.CheckConstraint(f"pattern ~ '{PATTERN_PATTERN}'", name="retention_pattern_format"),
+    sa.CheckConstraint("max_age > interval '0'", name="retention_max_age_positive"),
+    sa.CheckConstraint("max_count >= 1", name="retention_max_count_positive"),
 )
 
 sequencer = sa.Table(
@@ -120,6 +143,9 @@ consumer_topics = sa.Table(
     sa.Column("lease", UUID(as_uuid=True)),
     sa.Column("lease_expires", sa.DateTime(timezone=True)),
     sa.Column("leased_seq", sa.BigInteger),
+    # Events that retention removed before this consumer acknowledged them, and the last.
+    sa.Column("skipped", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("skipped_upto", sa.BigInteger),
 )
 
 # Advisory lock keys (bigint). Applications sharing the database should not use these.
@@ -128,6 +154,8 @@ MIGRATE_LOCK = 4_210_881_001
 SEQUENCE_LOCK = 4_210_881_002
 # Held for its session by the replica elected to run the sequencer.
 ELECTION_LOCK = 4_210_881_003
+# Taken by changefeed.trim() for its transaction: one replica enforces retention at a time.
+RETENTION_LOCK = 4_210_881_004
 
 
 def owned(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:

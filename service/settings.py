@@ -54,6 +54,14 @@ class Settings(BaseSettings):
     sequencer_batch_size: int = Field(1000, gt=0)
     sequencer_poll_seconds: float = Field(0.1, gt=0)
     election_seconds: float = Field(1.0, gt=0)
+    # Publishing through the API answers 503 while this many events wait for the sequencer.
+    max_inbox_events: int = Field(1_000_000, gt=0)
+
+    # Retention (policies are set with `changefeed retention`): how often each replica
+    # checks, and how many events one short transaction removes at most.
+    retention_interval_seconds: float = Field(60.0, gt=0)
+    retention_batch_rows: int = Field(5000, gt=0)
+
     # How often each replica re-reads its subscribed topics' heads in case a notification was lost.
     recheck_seconds: float = Field(5.0, gt=0)
 

@@ -30,6 +30,8 @@ class TopicSource:
         self.topic = topic
         self.feed_key = topic
         self.selector: Selector | None = None
+        # The client asked for the earliest events held (after=0), not for a position.
+        self.earliest = False
 
     async def head(self, db: Database) -> int:
         return await events.head(db, self.topic)
@@ -37,7 +39,29 @@ class TopicSource:
     async def read(self, db: Database, after: int, limit: int) -> tuple[bytes, int, int]:
         """Frames after ``after``, how many, and the position they cover up to."""
         rows = await events.page(db, self.topic, after, limit)
-        return frames.encode(rows), len(rows), rows[-1]["seq"] if rows else after
+        if rows:
+            first = rows[0]["seq"]
+        else:
+            # Nothing after `after`: caught up, or retention removed all that followed it.
+            first = (await events.marks(db, self.topic))[1]
+        data = frames.encode(rows)
+        # Seqs have no holes but the one retention cuts at the old end. A client that asked
+        # for the earliest events held is owed nothing before them.
+        if first > after + 1 and not (after == 0 and self.earliest):
+            log.warning("stream.retention_gap", topic=self.topic, after=after, first_seq=first)
+            data = (
+                frames.reset(
+                    "retention",
+                    f"retention removed seqs {after + 1} to {first - 1} before this stream "
+                    f"delivered them; continuing from seq {first}, the first one held",
+                    str(after),
+                    first - 1,
+                    first_seq=first,
+                )
+                + data
+            )
+            after = first - 1
+        return data, len(rows), rows[-1]["seq"] if rows else after
 
     def __str__(self) -> str:
         return self.topic
@@ -49,13 +73,38 @@ class SelectionSource:
     def __init__(self, selector: Selector) -> None:
         self.selector: Selector | None = selector
         self.feed_key = GLOBAL
+        self.earliest = False
+        # Retention cuts already reported to this client: topic -> first seq held.
+        self._reported: dict[str, int] = {}
 
     async def head(self, db: Database) -> int:
         return await events.global_head(db)
 
     async def read(self, db: Database, after: int, limit: int) -> tuple[bytes, int, int]:
-        rows, covered = await events.global_page(db, self.selector, after, limit)
-        return b"".join(frames.encode_multi(rows)), len(rows), covered
+        page = await events.global_page(db, self.selector, after, limit)
+        data = b"".join(frames.encode_multi(page.rows))
+        # Positions have holes wherever other topics' events sit, so a cut cannot be seen
+        # in the rows: the read reports it.
+        if after == 0 and self.earliest:
+            # Asked for the earliest events held: owed nothing before them.
+            self._reported.update(page.lost)
+        lost = {t: s for t, s in page.lost.items() if s > self._reported.get(t, 0)}
+        if lost:
+            self._reported.update(lost)
+            log.warning("stream.retention_gap", topics=str(self), after=after, lost=lost)
+            named = ", ".join(f"{t} before seq {s}" for t, s in sorted(lost.items()))
+            data = (
+                frames.reset(
+                    "retention",
+                    f"retention removed events after position {after} before this stream "
+                    f"delivered them ({named}); continuing with the events still held",
+                    str(after),
+                    after,
+                    lost=lost,
+                )
+                + data
+            )
+        return data, len(page.rows), page.covered
 
     def __str__(self) -> str:
         return str(self.selector)
@@ -88,7 +137,7 @@ async def open_stream(
     try:
         head = await source.head(db)
         if after is not None and expect_hash is not None and isinstance(source, TopicSource):
-            reset = await _verify_resume(db, source.topic, after, expect_hash, head)
+            reset = await _verify_resume(db, source.topic, after, expect_hash)
             if reset is not None:
                 after = 0
         if after is not None and after > head:
@@ -97,6 +146,7 @@ async def open_stream(
         hub.unsubscribe(sub)
         raise
     hub.observe_head(sub.feed, head)
+    source.earliest = after == 0
     start = head if after is None else after
     frames_ = _frames(hub, db, source, sub, start, page_size, retry_milliseconds, reset)
     # The generator's own `finally` unsubscribes once it has started; this covers a response
@@ -105,11 +155,13 @@ async def open_stream(
     return frames_
 
 
-async def _verify_resume(
-    db: Database, topic: str, seq: int, expect_hash: str, head: int
-) -> bytes | None:
+async def _verify_resume(db: Database, topic: str, seq: int, expect_hash: str) -> bytes | None:
     """None when the topic holds the client's last event at ``seq``; else a reset frame."""
     requested = f"{seq}.{expect_hash}"
+    head, first_seq, held = await events.resume_point(db, topic, seq)
+    if seq == 0 or seq < first_seq - 1:
+        # Nothing to compare: the first page read reports what retention removed.
+        return None
     if seq > head:
         detail = (
             f"the topic ends at seq {head}, before the client's last event {requested}: "
@@ -117,8 +169,7 @@ async def _verify_resume(
         )
         reason = "behind"
     else:
-        stored = await events.hash_prefix(db, topic, seq) if seq > 0 else None
-        if stored == expect_hash:
+        if held == expect_hash:
             return None
         detail = (
             f"the event at seq {seq} is not the one the client saw ({requested}): the "

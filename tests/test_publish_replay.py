@@ -105,6 +105,7 @@ async def test_replay_of_an_unknown_topic_is_empty(client: httpx.AsyncClient) ->
         "topic": topic,
         "after": 0,
         "head": 0,
+        "first_seq": 1,
         "events": [],
         "next": f"/feeds/{topic}/events?after=0&limit=100",
     }

@@ -1,0 +1,122 @@
+"""Retention: per-topic policies, and the loop that removes what they no longer keep.
+
+Policies live in the database (``changefeed.retention``) so that every replica applies the
+same ones; the SQL function ``changefeed.trim()`` does the work in short batches (see the
+migration). Every replica runs the loop: trim() takes a transaction advisory lock without
+waiting, so at any moment one replica trims and the others skip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+
+import asyncpg
+
+from service import database, logs, metrics
+from service.database import Database
+from service.schema import SCHEMA
+from service.topics import InvalidInput, Selector
+
+log = logs.get(__name__)
+
+_SET = f"""
+INSERT INTO {SCHEMA}.retention AS r (pattern, max_age, max_count)
+VALUES ($1, $2::text::interval, $3)
+ON CONFLICT (pattern) DO UPDATE
+SET max_age = excluded.max_age, max_count = excluded.max_count, updated_at = now()
+"""
+_LIST = f"""
+SELECT pattern, max_age::text AS max_age, max_count FROM {SCHEMA}.retention ORDER BY pattern
+"""
+_CLEAR = f"DELETE FROM {SCHEMA}.retention WHERE pattern = $1"
+_TRIM = f"SELECT topic, first_seq, removed FROM {SCHEMA}.trim($1)"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Keep events younger than ``max_age`` and/or the latest ``max_count`` (None: no bound)."""
+
+    pattern: str
+    max_age: str | None
+    max_count: int | None
+
+
+async def set_policy(
+    conn: asyncpg.Connection, pattern: str, max_age: str | None, max_count: int | None
+) -> Policy:
+    """Create or replace the policy for a topic or pattern. ``max_age`` is a PostgreSQL
+    interval (``30 days``, ``12h``, ``P1W``)."""
+    Selector([pattern])  # the same names and patterns as streams take
+    if max_age is None and max_count is None:
+        raise InvalidInput("give --max-age and/or --max-count (to keep everything: clear)")
+    if max_count is not None and max_count < 1:
+        raise InvalidInput("max-count must be at least 1")
+    try:
+        await conn.execute(_SET, pattern, max_age, max_count)
+    except (asyncpg.InvalidDatetimeFormatError, asyncpg.DatetimeFieldOverflowError) as exc:
+        raise InvalidInput(f"invalid max-age {max_age!r}: {exc}") from None
+    except asyncpg.CheckViolationError:
+        raise InvalidInput(f"max-age must be a positive interval, not {max_age!r}") from None
+    return Policy(pattern, max_age, max_count)
+
+
+async def policies(conn: asyncpg.Connection) -> list[Policy]:
+    """Every policy, by pattern."""
+    return [Policy(r["pattern"], r["max_age"], r["max_count"]) for r in await conn.fetch(_LIST)]
+
+
+async def clear_policy(conn: asyncpg.Connection, pattern: str) -> bool:
+    """Remove a policy (its topics are then kept forever, unless a pattern covers them)."""
+    result: str = await conn.execute(_CLEAR, pattern)
+    return result != "DELETE 0"
+
+
+async def trim(db: Database | asyncpg.Connection, batch_rows: int) -> dict[str, int]:
+    """Remove what the policies no longer keep, one short transaction per ``batch_rows``
+    events, until done; the events removed per topic. Returns at once, removing nothing,
+    while another replica trims."""
+    removed: dict[str, int] = {}
+    while True:
+        rows = await db.fetch(_TRIM, batch_rows)
+        for row in rows:
+            removed[row["topic"]] = removed.get(row["topic"], 0) + row["removed"]
+            metrics.retention_removed.inc(row["removed"])
+            log.info(
+                "retention.trimmed",
+                topic=row["topic"],
+                removed=row["removed"],
+                first_seq=row["first_seq"],
+            )
+        if sum(row["removed"] for row in rows) < batch_rows:
+            return removed
+
+
+class Retention:
+    """This replica's retention loop."""
+
+    def __init__(self, db: Database, *, interval_seconds: float, batch_rows: int) -> None:
+        self._db = db
+        self._interval = interval_seconds
+        self._batch_rows = batch_rows
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="retention")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await trim(self._db, self._batch_rows)
+            except database.UNAVAILABLE as exc:
+                log.warning("retention.failed", error=str(exc))
+            except Exception:
+                log.exception("retention.failed")
+            await asyncio.sleep(self._interval)
