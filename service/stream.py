@@ -39,11 +39,8 @@ class TopicSource:
     async def read(self, db: Database, after: int, limit: int) -> tuple[bytes, int, int]:
         """Frames after ``after``, how many, and the position they cover up to."""
         rows = await events.page(db, self.topic, after, limit)
-        if rows:
-            first = rows[0]["seq"]
-        else:
-            # Nothing after `after`: caught up, or retention removed all that followed it.
-            first = (await events.marks(db, self.topic))[1]
+        # With no rows it is caught up, or retention removed all that followed `after`.
+        first = rows[0]["seq"] if rows else (await events.marks(db, self.topic))[1]
         data = frames.encode(rows)
         # Seqs have no holes but the one retention cuts at the old end. A client that asked
         # for the earliest events held is owed nothing before them.
