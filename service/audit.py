@@ -7,9 +7,11 @@ import asyncpg
 from service.schema import SCHEMA
 
 
-async def verify(url: str, topics: list[str]) -> list[tuple[str, int, str]]:
-    """Recompute the hash chains of ``topics`` (all when empty); the first break of each
-    broken topic as (topic, seq, problem)."""
+async def verify(url: str, topics: list[str]) -> tuple[list[tuple[str, int, str]], dict[str, int]]:
+    """Recompute the hash chains of ``topics`` (all when empty). Returns the first break of
+    each broken topic as (topic, seq, problem), and the topics whose chain is checked from
+    a low-water mark rather than seq 1 (retention removed, or compaction thinned, what is
+    before it) with that seq."""
     conn = await asyncpg.connect(url)
     try:
         if not topics:
@@ -19,6 +21,11 @@ async def verify(url: str, topics: list[str]) -> list[tuple[str, int, str]]:
             row = await conn.fetchrow(f"SELECT seq, problem FROM {SCHEMA}.verify($1)", topic)
             if row is not None:
                 broken.append((topic, row["seq"], row["problem"]))
-        return broken
+        marks = await conn.fetch(
+            f"SELECT topic, first_seq FROM {SCHEMA}.topics "
+            "WHERE topic = ANY($1::text[]) AND first_seq > 1",
+            topics,
+        )
+        return broken, {r["topic"]: r["first_seq"] for r in marks}
     finally:
         await conn.close()

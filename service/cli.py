@@ -101,6 +101,11 @@ def _parser() -> argparse.ArgumentParser:
         "--max-age", help="keep events younger than this (PostgreSQL interval: 30d, 12h, P1W)"
     )
     policy_set.add_argument("--max-count", type=int, help="keep the latest N events")
+    policy_set.add_argument(
+        "--compact",
+        action="store_true",
+        help="beyond the bounds keep the latest event per key (data.key) instead of none",
+    )
     policy_set.set_defaults(handler=_retention_set)
     policy_actions.add_parser("list", help="every policy").set_defaults(handler=_retention_list)
     policy_clear = policy_actions.add_parser("clear", help="remove a policy")
@@ -261,12 +266,14 @@ def _verify(settings: Settings, args: argparse.Namespace) -> int:
     if url is None:
         return 2
     try:
-        broken = asyncio.run(audit.verify(url, list(args.topics)))
+        broken, marks = asyncio.run(audit.verify(url, list(args.topics)))
     except Exception as exc:
         print(f"changefeed verify: {exc}", file=sys.stderr)
         return 1
     for topic, seq, problem in broken:
         print(f"changefeed verify: {topic}: broken at seq {seq}: {problem}")
+    for topic, first_seq in sorted(marks.items()):
+        print(f"changefeed verify: {topic}: checked from seq {first_seq}, its low-water mark")
     if broken:
         return 1
     print(f"changefeed verify: {', '.join(args.topics) or 'every topic'}: intact")
@@ -282,7 +289,9 @@ def _retention_set(settings: Settings, args: argparse.Namespace) -> int:
     return _with_connection(
         settings,
         "retention",
-        lambda conn: retention.set_policy(conn, args.pattern, args.max_age, args.max_count),
+        lambda conn: retention.set_policy(
+            conn, args.pattern, args.max_age, args.max_count, args.compact
+        ),
         say,
     )
 
@@ -293,7 +302,11 @@ def _describe(policy: Any) -> str:
         bounds.append(f"events younger than {policy.max_age}")
     if policy.max_count is not None:
         bounds.append(f"the latest {policy.max_count} events")
-    return "keep " + " and ".join(bounds)
+    if not policy.compact:
+        return "keep " + " and ".join(bounds)
+    if not bounds:
+        return "keep the latest event per key"
+    return "keep " + " and ".join(bounds) + ", and before them the latest event per key"
 
 
 def _retention_list(settings: Settings, args: argparse.Namespace) -> int:

@@ -12,11 +12,11 @@ from service.schema import SCHEMA
 from service.topics import Selector
 
 _HEAD = f"SELECT head FROM {SCHEMA}.topics WHERE topic = $1"
-_MARKS = f"SELECT head, first_seq FROM {SCHEMA}.topics WHERE topic = $1"
+_MARKS = f"SELECT head, first_seq, compacted FROM {SCHEMA}.topics WHERE topic = $1"
 # What the topic holds at a resume point: the event's hash, or at the seq just before the
 # low-water mark the hash retention kept of the last removed event.
 _RESUME = f"""
-SELECT t.head, t.first_seq,
+SELECT t.head, t.first_seq, t.compacted,
        left(encode(CASE WHEN $2 = t.first_seq - 1 THEN t.tail_hash
                         ELSE (SELECT e.hash FROM {SCHEMA}.events e
                               WHERE e.topic = $1 AND e.seq = $2) END, 'hex'), 8) AS hash
@@ -43,7 +43,7 @@ WITH head AS (SELECT position AS head FROM {SCHEMA}.sequencer),
 lost AS (
     SELECT jsonb_object_agg(t.topic, t.first_seq)::text AS lost
     FROM {SCHEMA}.topics t
-    WHERE t.tail_position > $1
+    WHERE t.tail_position > $1 AND NOT t.compacted
       AND ($2::text[] IS NULL OR t.topic = ANY($2::text[]) OR t.topic LIKE ANY($3::text[]))
 )
 SELECT head.head, lost.lost, e.position, e.topic, e.seq, e.type, e.data, e.published_at
@@ -86,17 +86,38 @@ async def head(db: Executor, topic: str) -> int:
     return value or 0
 
 
-async def marks(db: Executor, topic: str) -> tuple[int, int]:
-    """The topic's head and its low-water mark (the first seq retention still holds)."""
+class Marks(NamedTuple):
+    """Where a topic's history starts and ends."""
+
+    head: int
+    # The low-water mark: retention removed (or compacted) every event before this seq; the
+    # hash chain is checked from here.
+    first_seq: int
+    # Below first_seq the topic holds a snapshot, the latest event per key: a reader that
+    # resumes there misses superseded events only, and is not told of a gap.
+    compacted: bool
+
+    def cut(self, after: int, *, earliest: bool = True) -> bool:
+        """Whether retention removed events that a reader who has seen up to ``after`` is
+        owed (``after=0`` asks for the earliest held, unless ``earliest`` is False)."""
+        if self.compacted or (after == 0 and earliest):
+            return False
+        return after < self.first_seq - 1
+
+
+async def marks(db: Executor, topic: str) -> Marks:
+    """The topic's head and low-water mark."""
     row = await db.fetchrow(_MARKS, topic)
-    return (row["head"], row["first_seq"]) if row else (0, 1)
+    return Marks(row["head"], row["first_seq"], row["compacted"]) if row else Marks(0, 1, False)
 
 
-async def resume_point(db: Executor, topic: str, seq: int) -> tuple[int, int, str | None]:
-    """Head, low-water mark, and the first 8 hex digits of the chain hash of the event at
+async def resume_point(db: Executor, topic: str, seq: int) -> tuple[Marks, str | None]:
+    """The topic's marks, and the first 8 hex digits of the chain hash of the event at
     ``seq`` (None if the topic holds none there)."""
     row = await db.fetchrow(_RESUME, topic, seq)
-    return (row["head"], row["first_seq"], row["hash"]) if row else (0, 1, None)
+    if row is None:
+        return Marks(0, 1, False), None
+    return Marks(row["head"], row["first_seq"], row["compacted"]), row["hash"]
 
 
 async def heads(db: Executor, topics: list[str]) -> dict[str, int]:

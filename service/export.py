@@ -68,12 +68,11 @@ async def lines(
     export stops with Trimmed rather than skip: the response is cut off, never silently
     short.
     """
-    stop, first_seq = await events.marks(db, topic)
-    if 0 < after < first_seq - 1:
-        raise Trimmed(after, first_seq)
-    if before is not None:
-        stop = min(stop, before - 1)
-    return _pages(db, topic, after, stop, since, until, page_size)
+    marks = await events.marks(db, topic)
+    if marks.cut(after):
+        raise Trimmed(after, marks.first_seq)
+    stop = marks.head if before is None else min(marks.head, before - 1)
+    return _pages(db, topic, after, stop, since, until, page_size, marks.compacted)
 
 
 async def _pages(
@@ -84,10 +83,12 @@ async def _pages(
     since: datetime | None,
     until: datetime | None,
     page_size: int,
+    compacted: bool,
 ) -> AsyncIterator[bytes]:
     last = after
-    # Where the range starts is unknown when it starts at the earliest event or at a time.
-    contiguous = after > 0 and since is None
+    # Seqs follow on without holes (but in a compacted snapshot); where the first page
+    # starts is only known when the range starts after a seq, not at the earliest or a time.
+    contiguous = after > 0 and since is None and not compacted
     while last < stop:
         rows = await db.fetch(_PAGE, topic, last, stop, since, until, page_size)
         if not rows:
@@ -95,7 +96,7 @@ async def _pages(
         if contiguous and rows[0]["seq"] != last + 1:
             log.warning("export.overtaken_by_retention", topic=topic, after=last)
             raise Trimmed(last, rows[0]["seq"])
-        contiguous = True
+        contiguous = not compacted
         yield b"".join(
             _encoder.encode(ExportLine(topic=topic, **event_fields(r))) + b"\n" for r in rows
         )

@@ -46,6 +46,8 @@ class ReplayPage(msgspec.Struct):
     after: int
     head: int
     first_seq: int
+    # Below first_seq the topic holds only the latest event per key (see compaction).
+    compacted: bool
     events: list[ReplayEvent]
     next: str
 
@@ -57,6 +59,7 @@ class ReplayPageDoc(msgspec.Struct):
     after: int
     head: int
     first_seq: int
+    compacted: bool
     events: list[dict[str, Any]]
     next: str
 
@@ -71,23 +74,21 @@ async def read_page(db: Executor, topic: str, after: int, limit: int) -> bytes:
     ``next`` is always given: at the head it returns no events until more are published,
     so an auditor can follow a topic by polling it.
     """
-    head, first_seq = await events.marks(db, topic)
-    if after > head:
-        raise AfterHead(after, head)
-    rows = await events.page(db, topic, after, limit) if after < head else []
-    if rows and rows[0]["seq"] > after + 1:
-        first_seq = max(first_seq, rows[0]["seq"])  # trimmed since the first read
-    elif not rows and after < head:
-        head, first_seq = await events.marks(db, topic)  # trimmed since the first read
-    if 0 < after < first_seq - 1:
-        raise Trimmed(after, first_seq)
+    marks = await events.marks(db, topic)
+    if after > marks.head:
+        raise AfterHead(after, marks.head)
+    rows = await events.page(db, topic, after, limit) if after < marks.head else []
+    if (rows and rows[0]["seq"] > after + 1) or (not rows and after < marks.head):
+        marks = await events.marks(db, topic)  # a hole: trimmed since the first read?
+    if marks.cut(after):
+        raise Trimmed(after, max(marks.first_seq, rows[0]["seq"] if rows else 0))
     last = rows[-1]["seq"] if rows else after
-    head = max(head, last)
     page = ReplayPage(
         topic=topic,
         after=after,
-        head=head,
-        first_seq=first_seq,
+        head=max(marks.head, last),
+        first_seq=marks.first_seq,
+        compacted=marks.compacted,
         events=[ReplayEvent(**event_fields(r)) for r in rows],
         next=f"/feeds/{quote(topic)}/events?after={last}&limit={limit}",
     )

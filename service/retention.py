@@ -22,13 +22,15 @@ from service.topics import InvalidInput, Selector
 log = logs.get(__name__)
 
 _SET = f"""
-INSERT INTO {SCHEMA}.retention AS r (pattern, max_age, max_count)
-VALUES ($1, $2::text::interval, $3)
+INSERT INTO {SCHEMA}.retention AS r (pattern, max_age, max_count, compact)
+VALUES ($1, $2::text::interval, $3, $4)
 ON CONFLICT (pattern) DO UPDATE
-SET max_age = excluded.max_age, max_count = excluded.max_count, updated_at = now()
+SET max_age = excluded.max_age, max_count = excluded.max_count, compact = excluded.compact,
+    updated_at = now()
 """
 _LIST = f"""
-SELECT pattern, max_age::text AS max_age, max_count FROM {SCHEMA}.retention ORDER BY pattern
+SELECT pattern, max_age::text AS max_age, max_count, compact
+FROM {SCHEMA}.retention ORDER BY pattern
 """
 _CLEAR = f"DELETE FROM {SCHEMA}.retention WHERE pattern = $1"
 _TRIM = f"SELECT topic, first_seq, removed FROM {SCHEMA}.trim($1)"
@@ -36,35 +38,45 @@ _TRIM = f"SELECT topic, first_seq, removed FROM {SCHEMA}.trim($1)"
 
 @dataclass(frozen=True)
 class Policy:
-    """Keep events younger than ``max_age`` and/or the latest ``max_count`` (None: no bound)."""
+    """Keep events younger than ``max_age`` and/or the latest ``max_count`` (None: no bound).
+    Beyond those bounds events are removed, or with ``compact`` only superseded ones are:
+    the latest event per key stays."""
 
     pattern: str
     max_age: str | None
     max_count: int | None
+    compact: bool = False
 
 
 async def set_policy(
-    conn: asyncpg.Connection, pattern: str, max_age: str | None, max_count: int | None
+    conn: asyncpg.Connection,
+    pattern: str,
+    max_age: str | None,
+    max_count: int | None,
+    compact: bool = False,
 ) -> Policy:
     """Create or replace the policy for a topic or pattern. ``max_age`` is a PostgreSQL
     interval (``30 days``, ``12h``, ``P1W``)."""
     Selector([pattern])  # the same names and patterns as streams take
-    if max_age is None and max_count is None:
-        raise InvalidInput("give --max-age and/or --max-count (to keep everything: clear)")
+    if max_age is None and max_count is None and not compact:
+        raise InvalidInput(
+            "give --max-age and/or --max-count, or --compact (to keep everything: clear)"
+        )
     if max_count is not None and max_count < 1:
         raise InvalidInput("max-count must be at least 1")
     try:
-        await conn.execute(_SET, pattern, max_age, max_count)
+        await conn.execute(_SET, pattern, max_age, max_count, compact)
     except (asyncpg.InvalidDatetimeFormatError, asyncpg.DatetimeFieldOverflowError) as exc:
         raise InvalidInput(f"invalid max-age {max_age!r}: {exc}") from None
     except asyncpg.CheckViolationError:
         raise InvalidInput(f"max-age must be a positive interval, not {max_age!r}") from None
-    return Policy(pattern, max_age, max_count)
+    return Policy(pattern, max_age, max_count, compact)
 
 
 async def policies(conn: asyncpg.Connection) -> list[Policy]:
     """Every policy, by pattern."""
-    return [Policy(r["pattern"], r["max_age"], r["max_count"]) for r in await conn.fetch(_LIST)]
+    rows = await conn.fetch(_LIST)
+    return [Policy(r["pattern"], r["max_age"], r["max_count"], r["compact"]) for r in rows]
 
 
 async def clear_policy(conn: asyncpg.Connection, pattern: str) -> bool:

@@ -76,7 +76,18 @@ topics = sa.Table(
     # The chain hash and global position of the last removed event (seq first_seq - 1).
     sa.Column("tail_hash", sa.LargeBinary),
     sa.Column("tail_position", sa.BigInteger),
+    # Below first_seq a compacting policy left a snapshot (the latest event per key).
+    sa.Column("compacted", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Index("topics_tail_position", "tail_position"),
+)
+
+compaction_keys = sa.Table(
+    "compaction_keys",
+    metadata,
+    # The event a compacted topic keeps for a key ([data.table, data.key]).
+    sa.Column("topic", sa.Text, primary_key=True),
+    sa.Column("key", JSONB, primary_key=True),
+    sa.Column("seq", sa.BigInteger, nullable=False),
 )
 
 retention = sa.Table(
@@ -86,6 +97,8 @@ retention = sa.Table(
     sa.Column("pattern", sa.Text, primary_key=True),
     sa.Column("max_age", sa.Interval),
     sa.Column("max_count", sa.BigInteger),
+    # Compact (keep the latest event per key) what is beyond the bounds, instead of removing.
+    sa.Column("compact", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column(
         "updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
     ),

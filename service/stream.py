@@ -39,12 +39,14 @@ class TopicSource:
     async def read(self, db: Database, after: int, limit: int) -> tuple[bytes, int, int]:
         """Frames after ``after``, how many, and the position they cover up to."""
         rows = await events.page(db, self.topic, after, limit)
-        # With no rows it is caught up, or retention removed all that followed `after`.
-        first = rows[0]["seq"] if rows else (await events.marks(db, self.topic))[1]
         data = frames.encode(rows)
-        # Seqs have no holes but the one retention cuts at the old end. A client that asked
-        # for the earliest events held is owed nothing before them.
-        if first > after + 1 and not (after == 0 and self.earliest):
+        if rows and rows[0]["seq"] == after + 1:
+            return data, len(rows), rows[-1]["seq"]
+        # A hole after `after`, or nothing at all: retention may have cut what followed it
+        # (seqs have no other holes, but a compacted snapshot's, which are no loss).
+        marks = await events.marks(db, self.topic)
+        if marks.cut(after, earliest=self.earliest):
+            first = rows[0]["seq"] if rows else marks.first_seq
             log.warning("stream.retention_gap", topic=self.topic, after=after, first_seq=first)
             data = (
                 frames.reset(
@@ -155,9 +157,11 @@ async def open_stream(
 async def _verify_resume(db: Database, topic: str, seq: int, expect_hash: str) -> bytes | None:
     """None when the topic holds the client's last event at ``seq``; else a reset frame."""
     requested = f"{seq}.{expect_hash}"
-    head, first_seq, held = await events.resume_point(db, topic, seq)
-    if seq == 0 or seq < first_seq - 1:
-        # Nothing to compare: the first page read reports what retention removed.
+    marks, held = await events.resume_point(db, topic, seq)
+    head = marks.head
+    if seq == 0 or (seq < marks.first_seq - 1 and held is None):
+        # Nothing to compare: retention removed it (the first read reports the gap), or
+        # compaction did (the events kept after it bring the client up to date).
         return None
     if seq > head:
         detail = (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -231,6 +232,30 @@ async def metrics(client: httpx.AsyncClient) -> dict[str, float]:
         for sample in family.samples:
             values[sample.name] = values.get(sample.name, 0.0) + sample.value
     return values
+
+
+async def apply_changes(db: asyncpg.Connection, topic: str, target: str) -> int:
+    """Apply the topic's events, in seq order, to ``target``."""
+    rows = await db.fetch(
+        "SELECT type, data::text FROM changefeed.events WHERE topic = $1 ORDER BY seq", topic
+    )
+    for row in rows:
+        change = json.loads(row["data"])
+        if row["type"] == "truncate":
+            await db.execute(f"DELETE FROM {target}")
+            continue
+        key = " AND ".join(
+            f"{column} = (($1::jsonb) ->> '{column}')::int" for column in change["key"]
+        )
+        if row["type"] in ("update", "delete"):
+            await db.execute(f"DELETE FROM {target} WHERE {key}", json.dumps(change["key"]))
+        if row["type"] in ("insert", "update"):
+            await db.execute(
+                f"INSERT INTO {target} "
+                f"SELECT * FROM jsonb_populate_record(NULL::{target}, $1::jsonb)",
+                json.dumps(change["new"]),
+            )
+    return len(rows)
 
 
 async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05):  # type: ignore[no-untyped-def]

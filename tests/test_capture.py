@@ -12,7 +12,7 @@ import subprocess
 import asyncpg
 import pytest
 
-from tests.support import changefeed, wait_for
+from tests.support import apply_changes, changefeed, wait_for
 
 SEED = int(os.environ.get("CHANGEFEED_TEST_SEED", random.randrange(1 << 30)))
 
@@ -26,30 +26,6 @@ async def _drained(db: asyncpg.Connection) -> None:
         return bool(await db.fetchval("SELECT count(*) FROM changefeed.inbox") == 0)
 
     await wait_for(empty, timeout=30)
-
-
-async def _replay(db: asyncpg.Connection, topic: str, target: str) -> int:
-    """Apply the topic's events, in seq order, to ``target``."""
-    rows = await db.fetch(
-        "SELECT type, data::text FROM changefeed.events WHERE topic = $1 ORDER BY seq", topic
-    )
-    for row in rows:
-        change = json.loads(row["data"])
-        if row["type"] == "truncate":
-            await db.execute(f"DELETE FROM {target}")
-            continue
-        key = " AND ".join(
-            f"{column} = (($1::jsonb) ->> '{column}')::int" for column in change["key"]
-        )
-        if row["type"] in ("update", "delete"):
-            await db.execute(f"DELETE FROM {target} WHERE {key}", json.dumps(change["key"]))
-        if row["type"] in ("insert", "update"):
-            await db.execute(
-                f"INSERT INTO {target} "
-                f"SELECT * FROM jsonb_populate_record(NULL::{target}, $1::jsonb)",
-                json.dumps(change["new"]),
-            )
-    return len(rows)
 
 
 async def test_capture_cli_and_event_shape(service: object, module_database: str) -> None:
@@ -191,7 +167,7 @@ async def test_replay_rebuilds_a_table_after_a_random_concurrent_workload(
         results += await asyncio.gather(*more)
         await _drained(db)
         await db.execute("CREATE TABLE items_replayed (LIKE items INCLUDING ALL)")
-        applied = await _replay(db, "items.cdc", "items_replayed")
+        applied = await apply_changes(db, "items.cdc", "items_replayed")
         differences = await db.fetchval(
             "SELECT count(*) FROM ((TABLE items EXCEPT TABLE items_replayed) "
             "UNION ALL (TABLE items_replayed EXCEPT TABLE items)) d"
