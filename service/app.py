@@ -10,10 +10,12 @@ from typing import Any
 import structlog
 from litestar import Litestar, Request
 from litestar.config.cors import CORSConfig
+from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsPlugin
 
 from service import __version__, health, problems
+from service.access import caller
 from service.consumers import ConsumerController
 from service.feeds import FeedController
 from service.runtime import Runtime
@@ -47,6 +49,7 @@ def create_app(
             health.metrics,
         ],
         lifespan=[lifespan],
+        dependencies={"principal": Provide(caller)},
         before_request=_bind_request_context,
         exception_handlers=problems.handlers(),
         plugins=[ProblemDetailsPlugin(ProblemDetailsConfig(enable_for_all_http_exceptions=True))],

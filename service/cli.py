@@ -194,9 +194,27 @@ def _parser() -> argparse.ArgumentParser:
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from service import server
+    from service.auth import Authenticator
     from service.cluster import ClusterError
     from service.migrate import SchemaNotReady
 
+    if settings.auth is None:
+        if settings.database_url:
+            print(
+                "changefeed serve: choose authentication for this database: "
+                "CHANGEFEED_AUTH=jwt with a key (CHANGEFEED_JWT_SECRET, _PUBLIC_KEY_FILE or "
+                "_JWKS_FILE), or CHANGEFEED_AUTH=none to let anyone who reaches the service "
+                "read and publish every topic",
+                file=sys.stderr,
+            )
+            return 2
+        # The embedded development server: open, and the log says so.
+        settings = settings.model_copy(update={"auth": "none"})
+    try:
+        Authenticator(settings)
+    except (ValueError, OSError) as exc:
+        print(f"changefeed serve: invalid authentication settings: {exc}", file=sys.stderr)
+        return 2
     try:
         with server.database(settings, apply_migrations=args.migrate) as url:
             server.preflight(url)

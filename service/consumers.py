@@ -14,6 +14,7 @@ from litestar.params import Parameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from service import leases
+from service.auth import Principal
 from service.runtime import Runtime
 from service.topics import InvalidInput, Selector, check_topic, parse_seq
 
@@ -51,6 +52,14 @@ def _decode(body: bytes, kind: type[Any]) -> Any:
         raise InvalidInput(f"malformed JSON: {exc}") from None
 
 
+async def _require(runtime: Runtime, principal: Principal, name: str) -> None:
+    """A consumer is used by whoever may subscribe to everything it reads."""
+    selection = await leases.selection(runtime.db, check_topic(name))
+    if selection is None:
+        raise leases.UnknownConsumer(name)
+    principal.require("subscribe", selection)
+
+
 class ConsumerController(Controller):
     path = "/consumers"
     tags = ["consumers"]
@@ -65,32 +74,42 @@ class ConsumerController(Controller):
         status_code=HTTP_200_OK,
     )
     async def define(
-        self, name: str, request: Request[Any, Any, Any], state: State
+        self, name: str, request: Request[Any, Any, Any], state: State, principal: Principal
     ) -> Response[dict[str, Any]]:
         runtime = _runtime(state)
         check_topic(name)
         spec: ConsumerIn = _decode(await request.body(), ConsumerIn)
         if not 0.1 <= spec.visibility_timeout <= 43200:
             raise InvalidInput("visibility_timeout must be between 0.1 and 43200 seconds")
+        selector = Selector(spec.topics)
+        # The new selection must be granted, and so must an existing consumer's old one.
+        principal.require("subscribe", selector.topics + selector.patterns)
+        existing = await leases.selection(runtime.db, name)
+        if existing is not None:
+            principal.require("subscribe", existing)
         created = await leases.define(
-            runtime.db, name, Selector(spec.topics), spec.visibility_timeout, spec.start
+            runtime.db, name, selector, spec.visibility_timeout, spec.start
         )
         body = await leases.describe(runtime.db, name)
         return Response(body, status_code=HTTP_201_CREATED if created else HTTP_200_OK)
 
     @get("/", summary="All consumers with their lag")
-    async def list_consumers(self, state: State) -> dict[str, Any]:
-        return {"consumers": await leases.list_all(_runtime(state).db)}
+    async def list_consumers(self, state: State, principal: Principal) -> dict[str, Any]:
+        # Only the consumers the caller could use.
+        found = await leases.list_all(_runtime(state).db)
+        return {"consumers": [c for c in found if principal.may("subscribe", c["topics"])]}
 
     @get("/{name:str}", summary="A consumer: its lag and per-topic cursors")
-    async def describe(self, name: str, state: State) -> dict[str, Any]:
-        return await leases.describe(_runtime(state).db, check_topic(name))
+    async def describe(self, name: str, state: State, principal: Principal) -> dict[str, Any]:
+        await _require(_runtime(state), principal, name)
+        return await leases.describe(_runtime(state).db, name)
 
     @delete(
         "/{name:str}", summary="Delete a consumer and its cursors", status_code=HTTP_204_NO_CONTENT
     )
-    async def remove(self, name: str, state: State) -> None:
-        await leases.delete(_runtime(state).db, check_topic(name))
+    async def remove(self, name: str, state: State, principal: Principal) -> None:
+        await _require(_runtime(state), principal, name)
+        await leases.delete(_runtime(state).db, name)
 
     @get(
         "/{name:str}/events",
@@ -107,6 +126,7 @@ class ConsumerController(Controller):
         self,
         name: str,
         state: State,
+        principal: Principal,
         limit: Annotated[str, Parameter(query="limit", description="At most this many")] = "100",
         wait: Annotated[str, Parameter(query="wait", description="Seconds to wait")] = "0",
     ) -> Response[bytes]:
@@ -118,6 +138,7 @@ class ConsumerController(Controller):
         seconds = parse_seq(wait, "wait")
         if seconds > MAX_WAIT_SECONDS:
             raise InvalidInput(f"wait must be at most {MAX_WAIT_SECONDS} seconds")
+        await _require(runtime, principal, name)
         deadline = time.monotonic() + seconds
         while True:
             batch = await leases.lease(runtime.db, name, size)
@@ -129,9 +150,11 @@ class ConsumerController(Controller):
             await runtime.hub.wait_for_hint(min(remaining, 1.0))
 
     @post("/{name:str}/ack", summary="Acknowledge a leased batch", status_code=HTTP_200_OK)
-    async def ack(self, name: str, request: Request[Any, Any, Any], state: State) -> dict[str, Any]:
+    async def ack(
+        self, name: str, request: Request[Any, Any, Any], state: State, principal: Principal
+    ) -> dict[str, Any]:
         runtime = _runtime(state)
-        check_topic(name)
+        await _require(runtime, principal, name)
         spec: AckIn = _decode(await request.body(), AckIn)
         try:
             lease_id = uuid.UUID(spec.lease)

@@ -19,6 +19,7 @@ import asyncpg
 
 from service import events, frames, logs, metrics
 from service.database import UNAVAILABLE, Database
+from service.limits import Limited
 from service.topics import Selector
 
 log = logs.get(__name__)
@@ -53,10 +54,15 @@ class Subscription:
         "keepalive_due",
         "overflowed",
         "selector",
+        "subject",
     )
 
-    def __init__(self, feed: Feed, limit: int, selector: Selector | None = None) -> None:
+    def __init__(
+        self, feed: Feed, limit: int, selector: Selector | None = None, subject: str = ""
+    ) -> None:
         self.feed = feed
+        # Who opened it, for the per-subject stream limit.
+        self.subject = subject
         # For a multi-topic stream: which of the global feed's events it takes.
         self.selector = selector
         self._limit = limit
@@ -125,6 +131,7 @@ class Hub:
         buffer_bytes: int,
         keepalive_seconds: float,
         recheck_seconds: float,
+        max_streams_per_subject: int = 1_000_000,
     ) -> None:
         self._db = db
         self._page_size = page_size
@@ -138,21 +145,34 @@ class Hub:
         self._tasks: list[asyncio.Task[None]] = []
         self.closed = False
         self.subscriber_count = 0
+        self._max_per_subject = max_streams_per_subject
+        self._per_subject: dict[str, int] = {}
         # Set (and replaced) on every notification, for long polls waiting for new events.
         self._hinted = asyncio.Event()
 
     # -- subscriptions -------------------------------------------------------------------
 
-    def subscribe(self, topic: str, selector: Selector | None = None) -> Subscription:
+    def subscribe(
+        self, topic: str, selector: Selector | None = None, subject: str = ""
+    ) -> Subscription:
         """Register a subscriber before its first head read, so that no hint is missed.
 
         ``topic`` is a topic, or GLOBAL with a ``selector`` for a multi-topic stream.
+        Raises Limited when ``subject`` already has its maximum of streams here.
         """
+        count = self._per_subject.get(subject, 0)
+        if count >= self._max_per_subject:
+            raise Limited(
+                f"{subject} has {count} open streams on this replica, its limit; close one "
+                "or retry later",
+                retry_after=5,
+            )
+        self._per_subject[subject] = count + 1
         feed = self._feeds.get(topic)
         if feed is None:
             feed = self._feeds[topic] = Feed(topic)
             metrics.feeds.inc()
-        sub = Subscription(feed, self._buffer_bytes, selector)
+        sub = Subscription(feed, self._buffer_bytes, selector, subject)
         feed.subscribers.add(sub)
         self.subscriber_count += 1
         metrics.subscriptions.inc()
@@ -165,6 +185,9 @@ class Hub:
             feed.subscribers.discard(sub)
             self.subscriber_count -= 1
             metrics.subscriptions.dec()
+            left = self._per_subject.pop(sub.subject, 1) - 1
+            if left:
+                self._per_subject[sub.subject] = left
         if not feed.subscribers and self._feeds.get(feed.topic) is feed:
             del self._feeds[feed.topic]
             self._dirty.discard(feed.topic)

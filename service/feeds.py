@@ -12,6 +12,7 @@ from litestar.response import Stream
 from litestar.status_codes import HTTP_202_ACCEPTED
 
 from service import export, inbox, metrics, publish, replay, stream
+from service.auth import Principal
 from service.problems import unavailable
 from service.runtime import Runtime
 from service.topics import InvalidInput, Selector, check_topic, parse_resume, parse_seq
@@ -52,10 +53,11 @@ class FeedController(Controller):
         },
     )
     async def publish_events(
-        self, topic: str, request: Request[Any, Any, Any], state: State
+        self, topic: str, request: Request[Any, Any, Any], state: State, principal: Principal
     ) -> Response[dict[str, int]]:
         runtime = _runtime(state)
         check_topic(topic)
+        principal.require("publish", topic)
         if runtime.backlog.full:
             raise unavailable(
                 f"{runtime.backlog.events} events wait for the sequencer (the limit is "
@@ -67,6 +69,7 @@ class FeedController(Controller):
             max_event_bytes=runtime.settings.max_event_bytes,
             max_batch_events=runtime.settings.max_batch_events,
         )
+        runtime.publish_limits.spend(principal.subject, len(batch))
         await inbox.append(runtime.db, topic, batch)
         metrics.published.inc(len(batch))
         runtime.sequencer.nudge()
@@ -88,6 +91,7 @@ class FeedController(Controller):
         self,
         topic: str,
         state: State,
+        principal: Principal,
         last_event_id: Annotated[str | None, Parameter(header="Last-Event-ID")] = None,
         after: Annotated[
             str | None, Parameter(query="after", description="Start after this seq")
@@ -98,7 +102,8 @@ class FeedController(Controller):
             source = stream.SelectionSource(Selector([topic]))
         else:
             source = stream.TopicSource(check_topic(topic))
-        return await _open(_runtime(state), source, last_event_id, after)
+        principal.require("subscribe", topic)
+        return await _open(_runtime(state), principal, source, last_event_id, after)
 
     @get(
         "/",
@@ -113,6 +118,7 @@ class FeedController(Controller):
     async def subscribe_many(
         self,
         state: State,
+        principal: Principal,
         topic: Annotated[
             list[str] | None, Parameter(query="topic", description="A topic or pattern; repeat")
         ] = None,
@@ -121,8 +127,11 @@ class FeedController(Controller):
             str | None, Parameter(query="after", description="Start after this position")
         ] = None,
     ) -> Stream:
-        source = stream.SelectionSource(Selector(topic or []))
-        return await _open(_runtime(state), source, last_event_id, after)
+        selector = Selector(topic or [])
+        # Each topic and pattern must be granted (a pattern: all the topics it can match).
+        principal.require("subscribe", selector.topics + selector.patterns)
+        source = stream.SelectionSource(selector)
+        return await _open(_runtime(state), principal, source, last_event_id, after)
 
     @get(
         "/{topic:str}/events",
@@ -140,6 +149,7 @@ class FeedController(Controller):
         topic: str,
         request: Request[Any, Any, Any],
         state: State,
+        principal: Principal,
         after: Annotated[str, Parameter(query="after", description="Events after this seq")] = "0",
         limit: Annotated[str | None, Parameter(query="limit", description="Page size")] = None,
         before: Annotated[
@@ -154,6 +164,7 @@ class FeedController(Controller):
     ) -> Response[bytes] | Stream:
         runtime = _runtime(state)
         check_topic(topic)
+        principal.require("subscribe", topic)
         start = parse_seq(after, "after")
         if "application/x-ndjson" in request.headers.get("accept", ""):
             lines = await export.lines(
@@ -175,7 +186,11 @@ class FeedController(Controller):
 
 
 async def _open(
-    runtime: Runtime, source: stream.Source, last_event_id: str | None, after: str | None
+    runtime: Runtime,
+    principal: Principal,
+    source: stream.Source,
+    last_event_id: str | None,
+    after: str | None,
 ) -> Stream:
     # The header wins: a browser's EventSource reconnects to the same URL and adds it.
     expect_hash: str | None = None
@@ -200,5 +215,7 @@ async def _open(
         page_size=runtime.settings.max_page_events,
         retry_milliseconds=runtime.settings.retry_milliseconds,
         expect_hash=expect_hash,
+        subject=principal.subject,
+        expires_at=principal.expires_at,
     )
     return Stream(frames, media_type="text/event-stream", headers=SSE_HEADERS)

@@ -45,6 +45,13 @@ def reset(reason: str, detail: str, requested: str, after: int, **extra: object)
     return b"event: reset\ndata: %s\n\n" % body.encode()
 
 
+def closed(reason: str, detail: str) -> bytes:
+    """The last frame of a stream the server ends on purpose, saying why."""
+    return (
+        b"event: closed\ndata: %s\n\n" % json.dumps({"reason": reason, "detail": detail}).encode()
+    )
+
+
 def encode_multi(rows: Iterable[asyncpg.Record]) -> list[bytes]:
     """Frames for a multi-topic stream, one per event: the id is the global position and
     the data names the topic and seq. Topics need no JSON escaping (``[A-Za-z0-9._:-]``)."""

@@ -137,6 +137,14 @@ async def describe(db: Database, name: str) -> dict[str, Any]:
     return summary
 
 
+async def selection(db: Database, name: str) -> list[str] | None:
+    """The topics and patterns a consumer reads (None: no such consumer)."""
+    value: list[str] | None = await db.fetchval(
+        f"SELECT selection FROM {SCHEMA}.consumers WHERE name = $1", name
+    )
+    return value
+
+
 async def list_all(db: Database) -> list[dict[str, Any]]:
     """Every consumer with its lag."""
     return [_summary(r) for r in await db.fetch(_DESCRIBE, None)]

@@ -10,9 +10,11 @@ from litestar.plugins.problem_details import ProblemDetailsException
 from litestar.types import ExceptionHandlersMap
 
 from service import logs
+from service.auth import Forbidden, Unauthenticated
 from service.database import UNAVAILABLE
 from service.events import AfterHead, Trimmed
 from service.leases import LeaseLost, UnknownConsumer
+from service.limits import Limited
 from service.topics import InvalidInput
 
 log = logs.get(__name__)
@@ -53,6 +55,30 @@ def _after_head(request: Request[Any, Any, Any], exc: AfterHead) -> Response[Any
         "Starting point beyond the topic's head",
         f"seq {exc.after} is beyond the topic's head ({exc.head}): no such event was ever sent",
         head=exc.head,
+    ).to_response(request)
+
+
+def _unauthenticated(request: Request[Any, Any, Any], exc: Unauthenticated) -> Response[Any]:
+    return problem(
+        401,
+        "unauthenticated",
+        "Authentication required",
+        str(exc),
+        headers={"WWW-Authenticate": 'Bearer realm="changefeed"'},
+    ).to_response(request)
+
+
+def _forbidden(request: Request[Any, Any, Any], exc: Forbidden) -> Response[Any]:
+    return problem(403, "forbidden", "Not granted", str(exc)).to_response(request)
+
+
+def _limited(request: Request[Any, Any, Any], exc: Limited) -> Response[Any]:
+    return problem(
+        429,
+        "rate-limited",
+        "Over a per-subject limit",
+        str(exc),
+        headers={"Retry-After": str(exc.retry_after)},
     ).to_response(request)
 
 
@@ -100,6 +126,9 @@ def handlers() -> ExceptionHandlersMap:
         InvalidInput: _invalid_input,
         AfterHead: _after_head,
         Trimmed: _trimmed,
+        Unauthenticated: _unauthenticated,
+        Forbidden: _forbidden,
+        Limited: _limited,
         UnknownConsumer: _unknown_consumer,
         LeaseLost: _lease_lost,
         asyncpg.DataError: _data_error,

@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from service import database, logs, migrate
+from service.auth import Authenticator
 from service.fanout import Hub
 from service.inbox import Backlog
+from service.limits import PublishLimits
 from service.listener import Listener
 from service.retention import Retention
 from service.schema import EVENTS_CHANNEL, WAKE_CHANNEL
@@ -29,9 +31,15 @@ class Runtime:
     listener: Listener
     backlog: Backlog
     retention: Retention
+    auth: Authenticator
+    publish_limits: PublishLimits
 
     @classmethod
     async def start(cls, settings: Settings, url: str) -> Runtime:
+        auth = Authenticator(settings)
+        publish_limits = PublishLimits(
+            rate=settings.subject_publish_rate, burst=settings.subject_publish_burst
+        )
         db = await database.create(
             url,
             min_size=settings.pool_min_size,
@@ -50,6 +58,7 @@ class Runtime:
             buffer_bytes=settings.subscriber_buffer_bytes,
             keepalive_seconds=settings.keepalive_seconds,
             recheck_seconds=settings.recheck_seconds,
+            max_streams_per_subject=settings.subject_max_streams,
         )
         sequencer = Sequencer(
             url,
@@ -74,7 +83,9 @@ class Runtime:
         sequencer.start()
         backlog.start()
         retention.start()
-        return cls(settings, url, db, hub, sequencer, listener, backlog, retention)
+        return cls(
+            settings, url, db, hub, sequencer, listener, backlog, retention, auth, publish_limits
+        )
 
     def drain(self) -> None:
         """Shutting down: refuse new streams and end open ones so clients reconnect elsewhere."""

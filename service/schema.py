@@ -161,6 +161,9 @@ consumer_topics = sa.Table(
     sa.Column("skipped_upto", sa.BigInteger),
 )
 
+# The role that may call changefeed.publish() and nothing else (GRANT it to producers).
+PRODUCER_ROLE = "changefeed_producer"
+
 # Advisory lock keys (bigint). Applications sharing the database should not use these.
 MIGRATE_LOCK = 4_210_881_001
 # Taken by changefeed.sequence() for its transaction: numbering never interleaves.

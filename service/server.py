@@ -10,7 +10,7 @@ from types import FrameType
 import asyncpg
 import uvicorn
 
-from service import logs, migrate, protocol
+from service import auth, logs, migrate, protocol
 from service.app import create_app
 from service.cluster import Cluster
 from service.runtime import Runtime
@@ -97,6 +97,12 @@ def serve(settings: Settings, url: str) -> bool:
     )
     server = _Server(config)
 
-    log.info("serving", url=f"http://{settings.host}:{settings.port}")
+    log.info("serving", url=f"http://{settings.host}:{settings.port}", auth=auth.describe(settings))
+    if settings.auth != "jwt":
+        log.warning(
+            "auth.disabled",
+            detail="CHANGEFEED_AUTH=none: anyone who can reach this service may read and "
+            "publish every topic",
+        )
     server.run()
     return bool(server.started)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -26,6 +26,27 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+
+    # Authentication: "jwt", or "none" (everyone may read and publish every topic). Unset:
+    # none for the embedded development server; a configured database must choose.
+    auth: Literal["none", "jwt"] | None = None
+    # Keys for jwt: an HS256 secret, an RS256/ES256 public key (PEM), or a JWKS file.
+    jwt_secret: SecretStr | None = None
+    jwt_public_key_file: Path | None = None
+    jwt_jwks_file: Path | None = None
+    # Required token audience and issuer, when set.
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    # Clock skew tolerated on exp/nbf.
+    jwt_leeway_seconds: float = Field(5.0, ge=0)
+    # The cookie a browser's EventSource sends its token in.
+    auth_cookie: str = "changefeed_token"
+
+    # Per-subject limits (a subject is a token's `sub`, or an address without auth), per
+    # replica: open streams (429 beyond), and published events per second with a burst.
+    subject_max_streams: int = Field(100, gt=0)
+    subject_publish_rate: float = Field(1000.0, gt=0)
+    subject_publish_burst: int = Field(2000, gt=0)
 
     # Browser origins allowed to subscribe and publish from other sites (CORS), comma
     # separated; "*" allows any. Unset: same-origin only.

@@ -11,6 +11,9 @@ timing.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
 import weakref
 from collections.abc import AsyncIterator
 
@@ -121,6 +124,8 @@ async def open_stream(
     page_size: int,
     retry_milliseconds: int,
     expect_hash: str | None = None,
+    subject: str = "",
+    expires_at: float | None = None,
 ) -> AsyncIterator[bytes]:
     """Validate the starting point and return the stream's frames.
 
@@ -129,9 +134,11 @@ async def open_stream(
     topic holds another one at that seq, or none, the stream starts with a ``reset`` frame
     and replays the topic from its start instead of silently skipping.
     Raises ``AfterHead`` before anything is sent when a plain ``after`` is past the head.
+    ``expires_at`` (Unix time; the caller's token): the stream ends then, with a final
+    ``closed`` frame saying so; the client reconnects with a fresh token and resumes.
     """
     # Subscribe first, then read the head: a hint arriving in between is not lost.
-    sub = hub.subscribe(source.feed_key, source.selector)
+    sub = hub.subscribe(source.feed_key, source.selector, subject)
     reset: bytes | None = None
     try:
         head = await source.head(db)
@@ -147,7 +154,7 @@ async def open_stream(
     hub.observe_head(sub.feed, head)
     source.earliest = after == 0
     start = head if after is None else after
-    frames_ = _frames(hub, db, source, sub, start, page_size, retry_milliseconds, reset)
+    frames_ = _frames(hub, db, source, sub, start, page_size, retry_milliseconds, reset, expires_at)
     # The generator's own `finally` unsubscribes once it has started; this covers a response
     # that is dropped before its first frame (unsubscribing twice is harmless).
     weakref.finalize(frames_, hub.unsubscribe, sub)
@@ -190,6 +197,7 @@ async def _frames(
     page_size: int,
     retry_milliseconds: int,
     reset: bytes | None = None,
+    expires_at: float | None = None,
 ) -> AsyncIterator[bytes]:
     name = str(source)
     metrics.open_streams.inc()
@@ -199,6 +207,14 @@ async def _frames(
         if reset is not None:
             yield reset
         while not sub.closed:
+            if expires_at is not None and time.time() >= expires_at:
+                log.info("stream.token_expired", topic=name, last=last)
+                yield frames.closed(
+                    "token-expired",
+                    "the token this stream was opened with has expired; reconnect with a "
+                    "fresh one to resume",
+                )
+                return
             batches, behind = sub.take()
             ready: list[bytes] = []
             for batch in batches:
@@ -230,7 +246,12 @@ async def _frames(
                 sub.keepalive_due = False
                 yield frames.KEEPALIVE
                 continue
-            await sub.wait()
+            if expires_at is None:
+                await sub.wait()
+            else:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(0.0, expires_at - time.time())):
+                        await sub.wait()
     finally:
         # Runs on a clean end, on shutdown and when the client goes away (cancellation).
         hub.unsubscribe(sub)

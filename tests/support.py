@@ -73,7 +73,8 @@ class Service:
 
     def start(self, *, wait: bool = True) -> Service:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CHANGEFEED_")}
-        env.update({"CHANGEFEED_LOG_FORMAT": "json", **self.env})
+        # Authentication is chosen explicitly for a configured database; tests of it set jwt.
+        env.update({"CHANGEFEED_LOG_FORMAT": "json", "CHANGEFEED_AUTH": "none", **self.env})
         if self.database_url:
             env["CHANGEFEED_DATABASE_URL"] = self.database_url
         self.log_path = Path(tempfile.mkstemp(prefix="changefeed-", suffix=".log")[1])

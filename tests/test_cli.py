@@ -93,14 +93,19 @@ def test_migrate_without_a_database_url_says_so() -> None:
 
 async def test_serve_refuses_an_unmigrated_database(admin_url: str) -> None:
     url = await create_database(admin_url)
-    result = _changefeed("serve", "--port", "0", env={"CHANGEFEED_DATABASE_URL": url})
+    env = {"CHANGEFEED_DATABASE_URL": url, "CHANGEFEED_AUTH": "none"}
+    result = _changefeed("serve", "--port", "0", env=env)
     assert result.returncode == 1
     assert "changefeed migrate" in result.stderr
 
 
 def test_serve_reports_an_unreachable_database() -> None:
     result = _changefeed(
-        "serve", env={"CHANGEFEED_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"}
+        "serve",
+        env={
+            "CHANGEFEED_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none",
+            "CHANGEFEED_AUTH": "none",
+        },
     )
     assert result.returncode == 1
     assert result.stderr.startswith("changefeed serve:")

@@ -106,6 +106,7 @@ async def test_replay_of_an_unknown_topic_is_empty(client: httpx.AsyncClient) ->
         "after": 0,
         "head": 0,
         "first_seq": 1,
+        "compacted": False,
         "events": [],
         "next": f"/feeds/{topic}/events?after=0&limit=100",
     }
