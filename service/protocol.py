@@ -1,14 +1,20 @@
-"""uvicorn's httptools protocol with a bound on the request line and headers.
+"""uvicorn's httptools protocol with bounds on request heads and on slow clients.
 
 uvicorn bounds request heads only for its slower h11 protocol; with httptools a client can
 send headers without end and the server buffers them all. This answers 431 (as problem
 details) once a request head passes ``max_head_bytes``, counted two ways: the parsed URL and
 headers (exact), and the raw bytes received while the head is incomplete (which also bounds
 one endless header value that the parser would buffer before reporting it).
+
+uvicorn also has no time limit on a request that arrives slowly (its keep-alive timer stops
+at the first byte), so a client trickling a byte at a time holds a connection forever. Here
+a request head must arrive within ``head_seconds`` of its first byte (or of the connection),
+and a body within ``body_seconds`` of its head; otherwise 408 and the connection is closed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any, ClassVar
 
@@ -23,6 +29,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """HttpToolsProtocol that refuses request heads larger than ``max_head_bytes``."""
 
     max_head_bytes: ClassVar[int] = 32 * 1024
+    head_seconds: ClassVar[float] = 10.0
+    body_seconds: ClassVar[float] = 30.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -30,11 +38,21 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._raw_head = 0
         self._in_head = True
         self._refused = False
+        self._deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self._arm(self.head_seconds, "the request head")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._parsed_head = 0
         self._in_head = True
+        self._arm(self.head_seconds, "the request head")
 
     def on_url(self, url: bytes) -> None:
         self._count(len(url))
@@ -47,11 +65,37 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._raw_head = 0
+        self._arm(self.body_seconds, "the request body")
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
+        self._disarm()
         super().on_message_complete()
         self._in_head = True
+
+    def _arm(self, seconds: float, what: str) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(seconds, self._timed_out, what, seconds)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _timed_out(self, what: str, seconds: float) -> None:
+        self._deadline = None
+        if self._refused or self.transport.is_closing():
+            return
+        if self.cycle is not None and self.cycle.response_started:
+            self.transport.close()  # too late for a status line: just end it
+            return
+        self._send_problem(
+            b"408 Request Timeout",
+            408,
+            "request-timeout",
+            "Request timeout",
+            f"{what} did not arrive within {seconds:g} seconds",
+        )
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -76,24 +120,44 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             raise HeadTooLarge
 
     def _refuse(self) -> None:
+        self._send_problem(
+            b"431 Request Header Fields Too Large",
+            431,
+            "headers-too-large",
+            "Request header fields too large",
+            f"the request line and headers exceed {self.max_head_bytes} bytes",
+        )
+
+    def _send_problem(self, status: bytes, code: int, kind: str, title: str, detail: str) -> None:
         self._refused = True
+        self._disarm()
         body = json.dumps(
             {
-                "status": 431,
-                "type": "urn:changefeed:problem:headers-too-large",
-                "title": "Request header fields too large",
-                "detail": f"the request line and headers exceed {self.max_head_bytes} bytes",
+                "status": code,
+                "type": f"urn:changefeed:problem:{kind}",
+                "title": title,
+                "detail": detail,
             }
         ).encode()
         self.transport.write(
-            b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+            b"HTTP/1.1 %s\r\n"
             b"content-type: application/problem+json\r\n"
             b"connection: close\r\n"
-            b"content-length: %d\r\n\r\n%s" % (len(body), body)
+            b"content-length: %d\r\n\r\n%s" % (status, len(body), body)
         )
         self.transport.close()
 
 
-def bounded(max_head_bytes: int) -> type[BoundedHttpToolsProtocol]:
-    """The protocol class with a given bound, for ``uvicorn.Config(http=...)``."""
-    return type("HttpProtocol", (BoundedHttpToolsProtocol,), {"max_head_bytes": max_head_bytes})
+def bounded(
+    max_head_bytes: int, head_seconds: float = 10.0, body_seconds: float = 30.0
+) -> type[BoundedHttpToolsProtocol]:
+    """The protocol class with given bounds, for ``uvicorn.Config(http=...)``."""
+    return type(
+        "HttpProtocol",
+        (BoundedHttpToolsProtocol,),
+        {
+            "max_head_bytes": max_head_bytes,
+            "head_seconds": head_seconds,
+            "body_seconds": body_seconds,
+        },
+    )

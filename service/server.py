@@ -90,7 +90,13 @@ def serve(settings: Settings, url: str) -> bool:
         host=settings.host,
         port=settings.port,
         lifespan="on",
-        http=protocol.bounded(settings.max_header_bytes),
+        http=protocol.bounded(
+            settings.max_header_bytes,
+            settings.header_timeout_seconds,
+            settings.body_timeout_seconds,
+        ),
+        # Connections beyond this get 503 at once instead of using memory.
+        limit_concurrency=settings.max_connections,
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=int(max(1, settings.shutdown_seconds)),

@@ -65,6 +65,13 @@ class Settings(BaseSettings):
     # The request line and headers together (431 beyond it).
     max_header_bytes: int = Field(32 * 1024, gt=1024)
 
+    # Slow clients: a request head must arrive within this of its first byte, a body
+    # within this of its head (408 and the connection closed otherwise).
+    header_timeout_seconds: float = Field(10.0, gt=0)
+    body_timeout_seconds: float = Field(30.0, gt=0)
+    # Open connections per replica (streams included); beyond it, 503 at once.
+    max_connections: int = Field(20_000, gt=0)
+
     # Open SSE streams per replica; beyond it new streams get 503 with Retry-After.
     max_streams: int = Field(10_000, gt=0)
 
