@@ -406,11 +406,24 @@ async def _awaited(work: Awaitable[Any]) -> Any:
 # -- talking to a running service ----------------------------------------------------------
 
 
+def _headers(settings: Settings) -> dict[str, str]:
+    """What the client commands send: the bearer token, when one is configured."""
+    if settings.token is None:
+        return {}
+    return {"Authorization": f"Bearer {settings.token.get_secret_value()}"}
+
+
 def _request(settings: Settings, command: str, method: str, path: str, **kwargs: Any) -> int:
     import httpx
 
     try:
-        response = httpx.request(method, settings.url.rstrip("/") + path, timeout=30, **kwargs)
+        response = httpx.request(
+            method,
+            settings.url.rstrip("/") + path,
+            timeout=30,
+            headers=_headers(settings),
+            **kwargs,
+        )
     except httpx.HTTPError as exc:
         print(f"changefeed {command}: cannot reach {settings.url}: {exc}", file=sys.stderr)
         return 1
@@ -443,7 +456,8 @@ def _tail(settings: Settings, args: argparse.Namespace) -> int:
 
     async def follow() -> None:
         seen = 0
-        async with Client(settings.url) as client:
+        token = settings.token.get_secret_value() if settings.token else None
+        async with Client(settings.url, token=token) as client:
             async for event in client.feed(args.topic, after=args.after):
                 line = {
                     "id": event.id,
@@ -504,7 +518,7 @@ def _export(settings: Settings, args: argparse.Namespace) -> int:
             "GET",
             f"{settings.url.rstrip('/')}/feeds/{args.topic}/events",
             params=params,
-            headers={"Accept": "application/x-ndjson"},
+            headers={"Accept": "application/x-ndjson", **_headers(settings)},
             timeout=httpx.Timeout(30, read=300),
         ) as response:
             if response.status_code >= 400:
@@ -543,7 +557,7 @@ def _import(settings: Settings, args: argparse.Namespace) -> int:
             imported += len(batch)
 
     try:
-        with httpx.Client(base_url=settings.url, timeout=60) as client:
+        with httpx.Client(base_url=settings.url, timeout=60, headers=_headers(settings)) as client:
             for number, raw in enumerate(source, 1):
                 if not raw.strip():
                     continue

@@ -146,8 +146,14 @@ class ClientError(Exception):
 class Client:
     """An HTTP client of one changefeed deployment."""
 
-    def __init__(self, base_url: str, *, http: httpx.AsyncClient | None = None) -> None:
-        self._http = http or httpx.AsyncClient(base_url=base_url, timeout=httpx.Timeout(30))
+    def __init__(
+        self, base_url: str, *, token: str | None = None, http: httpx.AsyncClient | None = None
+    ) -> None:
+        """``token``: a bearer token, sent with every request (when the service checks them)."""
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        self._http = http or httpx.AsyncClient(
+            base_url=base_url, timeout=httpx.Timeout(30), headers=headers
+        )
         self._owned = http is None
 
     async def __aenter__(self) -> Client:

@@ -23,6 +23,8 @@ class Settings(BaseSettings):
 
     # Where the CLI's client commands (publish, tail, consumers) find the service.
     url: str = "http://127.0.0.1:8000"
+    # The bearer token those commands send when the service checks tokens.
+    token: SecretStr | None = None
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)

@@ -399,3 +399,14 @@ def _as(url: str, role: str) -> str:
     parts = urlsplit(url)
     host = parts.netloc.rsplit("@", 1)[-1]
     return urlunsplit(parts._replace(netloc=f"{role}@{host}"))
+
+
+def test_the_cli_sends_its_token(service: Service) -> None:
+    topic = new_topic("orders")
+    env = {"CHANGEFEED_URL": service.base_url}
+    refused = changefeed("publish", topic, '{"n": 1}', env=env, timeout=60)
+    assert refused.returncode == 1 and "401" in refused.stderr
+    env["CHANGEFEED_TOKEN"] = token("cli", publish=[topic], subscribe=[topic])
+    assert changefeed("publish", topic, '{"n": 1}', env=env, timeout=60).returncode == 0
+    tailed = changefeed("tail", topic, "--after", "0", "--count", "1", env=env, timeout=60)
+    assert tailed.returncode == 0 and '"n": 1' in tailed.stdout
