@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,9 @@ PAGE = b"""<!doctype html>
 <meta charset="utf-8">
 <title>changefeed EventSource</title>
 <script>
-const feed = new EventSource(new URLSearchParams(location.search).get("feed"));
+const params = new URLSearchParams(location.search);
+// withCredentials: send cookies (the token) to the service, another origin of this site.
+const feed = new EventSource(params.get("feed"), {withCredentials: params.has("credentials")});
 const state = {opens: 0, errors: 0, seen: [], resets: []};
 const report = () => fetch("/report", {method: "POST", body: JSON.stringify(state)});
 feed.onopen = () => { state.opens++; report(); };
@@ -72,7 +75,7 @@ async def _chromium(profile: Path, url: str) -> asyncio.subprocess.Process:
 class _PageServer:
     """Serves the page and collects the page's reports (snapshots of what it saw)."""
 
-    def __init__(self) -> None:
+    def __init__(self, cookie: str | None = None) -> None:
         self.port = free_port()
         self.latest: dict[str, Any] = {"opens": 0, "seen": [], "resets": []}
         self.changed = threading.Condition()
@@ -82,6 +85,9 @@ class _PageServer:
             def do_GET(self) -> None:
                 self.send_response(200)
                 self.send_header("Content-Type", "text/html; charset=utf-8")
+                if cookie is not None:
+                    # Cookies are per host, not per port: the service's origin gets it too.
+                    self.send_header("Set-Cookie", f"{cookie}; Path=/; SameSite=Lax")
                 self.end_headers()
                 self.wfile.write(PAGE)
 
@@ -176,6 +182,51 @@ async def test_eventsource_page_reads_a_reset_frame(module_database: str) -> Non
         browser = await _chromium(profile, f"{origin}/?feed={feed}")
         final = await page.wait(lambda s: len(s["seen"]) >= 3)
         assert final["resets"] == ["mismatch"]
+        assert final["seen"] == [[str(n), n] for n in (1, 2, 3)]
+    finally:
+        if browser is not None:
+            browser.kill()
+            await browser.wait()
+        service.stop()
+        page.close()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+async def test_eventsource_authenticates_with_a_cookie(module_database: str) -> None:
+    """With tokens required, a page's EventSource (which cannot set headers) sends its
+    token as a cookie to the service, another origin of the same site."""
+    import jwt
+
+    assert CHROMIUM is not None, "CI must install chromium"
+    topic = new_topic("browser")
+    secret = "a-browser-test-secret-long-enough-for-hs256"
+    claims = {"sub": "page", "exp": int(time.time()) + 300, "changefeed": {"subscribe": [topic]}}
+    page = _PageServer(cookie=f"changefeed_token={jwt.encode(claims, secret)}")
+    origin = f"http://127.0.0.1:{page.port}"
+    env = {
+        "CHANGEFEED_CORS_ORIGINS": origin,
+        "CHANGEFEED_AUTH": "jwt",
+        "CHANGEFEED_JWT_SECRET": secret,
+    }
+    service = Service(module_database, env=env).start()
+    profile = private_tempdir("changefeed-chromium-")
+    browser: asyncio.subprocess.Process | None = None
+    try:
+        publisher = {
+            "sub": "app",
+            "exp": int(time.time()) + 300,
+            "changefeed": {"publish": [topic]},
+        }
+        headers = {"Authorization": f"Bearer {jwt.encode(publisher, secret)}"}
+        async with httpx.AsyncClient(base_url=service.base_url, timeout=10) as client:
+            batch = [{"type": "tick", "data": {"n": n}} for n in (1, 2, 3)]
+            sent = await client.post(f"/feeds/{topic}", json=batch, headers=headers)
+            assert sent.status_code == 202
+            # Without the cookie the same stream is refused.
+            assert (await client.get(f"/feeds/{topic}/events")).status_code == 401
+        feed = f"{service.base_url}/feeds/{topic}?after=0"
+        browser = await _chromium(profile, f"{origin}/?credentials=1&feed={feed}")
+        final = await page.wait(lambda s: len(s["seen"]) >= 3)
         assert final["seen"] == [[str(n), n] for n in (1, 2, 3)]
     finally:
         if browser is not None:
