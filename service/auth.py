@@ -4,7 +4,7 @@ A token's ``changefeed`` claim grants topic patterns (``*`` is any run of charac
 streams): ``{"subscribe": ["orders.*"], "publish": ["orders.eu"]}``. Subscribing covers
 streams, replay, export and durable consumers; publishing covers ``POST /feeds``. With
 ``CHANGEFEED_AUTH=none`` every caller may do everything, and is told apart only by address
-(for the per-subject limits).
+(only in logs: the per-subject limits apply to authenticated subjects).
 
 Verification is PyJWT's; tokens come from ``Authorization: Bearer``, then a cookie (so a
 browser's EventSource can authenticate), then ``?access_token=`` as a last resort.
@@ -60,6 +60,9 @@ class Principal:
     publish: tuple[str, ...]
     # Unix time at which the token expires; None: never (auth none).
     expires_at: float | None = None
+    # Whether the per-subject limits apply. Not without authentication: every client
+    # behind one proxy or NAT would share one address, and so one budget.
+    limited: bool = True
 
     def require(self, action: Action, names: list[str] | str) -> None:
         """Forbidden unless every topic or pattern in ``names`` is granted for ``action``."""
@@ -75,7 +78,7 @@ class Principal:
 
 def anonymous(address: str) -> Principal:
     """A caller when authentication is off: everything is allowed."""
-    return Principal(f"anonymous@{address}", ("*",), ("*",))
+    return Principal(f"anonymous@{address}", ("*",), ("*",), limited=False)
 
 
 class Authenticator:

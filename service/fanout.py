@@ -158,16 +158,18 @@ class Hub:
         """Register a subscriber before its first head read, so that no hint is missed.
 
         ``topic`` is a topic, or GLOBAL with a ``selector`` for a multi-topic stream.
-        Raises Limited when ``subject`` already has its maximum of streams here.
+        Raises Limited when ``subject`` already has its maximum of streams here (an empty
+        subject is not counted).
         """
-        count = self._per_subject.get(subject, 0)
-        if count >= self._max_per_subject:
-            raise Limited(
-                f"{subject} has {count} open streams on this replica, its limit; close one "
-                "or retry later",
-                retry_after=5,
-            )
-        self._per_subject[subject] = count + 1
+        if subject:
+            count = self._per_subject.get(subject, 0)
+            if count >= self._max_per_subject:
+                raise Limited(
+                    f"{subject} has {count} open streams on this replica, its limit; close "
+                    "one or retry later",
+                    retry_after=5,
+                )
+            self._per_subject[subject] = count + 1
         feed = self._feeds.get(topic)
         if feed is None:
             feed = self._feeds[topic] = Feed(topic)
@@ -185,9 +187,10 @@ class Hub:
             feed.subscribers.discard(sub)
             self.subscriber_count -= 1
             metrics.subscriptions.dec()
-            left = self._per_subject.pop(sub.subject, 1) - 1
-            if left:
-                self._per_subject[sub.subject] = left
+            if sub.subject:
+                left = self._per_subject.pop(sub.subject, 1) - 1
+                if left:
+                    self._per_subject[sub.subject] = left
         if not feed.subscribers and self._feeds.get(feed.topic) is feed:
             del self._feeds[feed.topic]
             self._dirty.discard(feed.topic)

@@ -69,7 +69,8 @@ class FeedController(Controller):
             max_event_bytes=runtime.settings.max_event_bytes,
             max_batch_events=runtime.settings.max_batch_events,
         )
-        runtime.publish_limits.spend(principal.subject, len(batch))
+        if principal.limited:
+            runtime.publish_limits.spend(principal.subject, len(batch))
         await inbox.append(runtime.db, topic, batch)
         metrics.published.inc(len(batch))
         runtime.sequencer.nudge()
@@ -215,7 +216,7 @@ async def _open(
         page_size=runtime.settings.max_page_events,
         retry_milliseconds=runtime.settings.retry_milliseconds,
         expect_hash=expect_hash,
-        subject=principal.subject,
+        subject=principal.subject if principal.limited else "",
         expires_at=principal.expires_at,
     )
     return Stream(frames, media_type="text/event-stream", headers=SSE_HEADERS)

@@ -44,11 +44,11 @@ class Settings(BaseSettings):
     # The cookie a browser's EventSource sends its token in.
     auth_cookie: str = "changefeed_token"
 
-    # Per-subject limits (a subject is a token's `sub`, or an address without auth), per
-    # replica: open streams (429 beyond), and published events per second with a burst.
+    # Per-subject limits (a subject is a token's `sub`; none without auth), per replica:
+    # open streams (429 beyond), and published events per second with a burst.
     subject_max_streams: int = Field(100, gt=0)
-    subject_publish_rate: float = Field(1000.0, gt=0)
-    subject_publish_burst: int = Field(2000, gt=0)
+    subject_publish_rate: float = Field(10_000.0, gt=0)
+    subject_publish_burst: int = Field(20_000, gt=0)
 
     # Browser origins allowed to subscribe and publish from other sites (CORS), comma
     # separated; "*" allows any. Unset: same-origin only.
