@@ -14,10 +14,10 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsPlugin
 
-from service import __version__, health, problems
+from service import __version__, demo, health, problems
 from service.access import caller
 from service.consumers import ConsumerController
-from service.feeds import FeedController
+from service.feeds import FeedController, list_topics
 from service.runtime import Runtime
 from service.settings import Settings
 
@@ -43,7 +43,9 @@ def create_app(
     return Litestar(
         route_handlers=[
             FeedController,
+            list_topics,
             ConsumerController,
+            demo.demo,
             health.healthz,
             health.readyz,
             health.metrics,

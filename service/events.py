@@ -120,6 +120,14 @@ async def resume_point(db: Executor, topic: str, seq: int) -> tuple[Marks, str |
     return Marks(row["head"], row["first_seq"], row["compacted"]), row["hash"]
 
 
+async def topics(db: Executor, limit: int) -> list[asyncpg.Record]:
+    """Topics with events, by name: head and low-water mark."""
+    rows: list[asyncpg.Record] = await db.fetch(
+        f"SELECT topic, head, first_seq FROM {SCHEMA}.topics ORDER BY topic LIMIT $1", limit
+    )
+    return rows
+
+
 async def heads(db: Executor, topics: list[str]) -> dict[str, int]:
     """Heads of several topics at once; topics without events are left out."""
     rows = await db.fetch(_HEADS, topics)

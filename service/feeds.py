@@ -11,7 +11,7 @@ from litestar.params import Parameter
 from litestar.response import Stream
 from litestar.status_codes import HTTP_202_ACCEPTED
 
-from service import export, inbox, metrics, publish, replay, stream
+from service import events, export, inbox, metrics, publish, replay, stream
 from service.auth import Principal
 from service.problems import unavailable
 from service.runtime import Runtime
@@ -220,3 +220,21 @@ async def _open(
         expires_at=principal.expires_at,
     )
     return Stream(frames, media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+@get(
+    "/topics",
+    tags=["feeds"],
+    summary="Topics with events",
+    description="Each topic the caller may subscribe to, with its head and low-water mark "
+    "(`first_seq`), by name (at most 1000).",
+)
+async def list_topics(state: State, principal: Principal) -> dict[str, Any]:
+    rows = await events.topics(_runtime(state).db, 1000)
+    return {
+        "topics": [
+            {"topic": r["topic"], "head": r["head"], "first_seq": r["first_seq"]}
+            for r in rows
+            if principal.may("subscribe", [r["topic"]])
+        ]
+    }
