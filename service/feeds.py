@@ -14,6 +14,7 @@ from litestar.status_codes import HTTP_202_ACCEPTED
 from service import events, export, inbox, metrics, publish, replay, stream
 from service.auth import Principal
 from service.problems import unavailable
+from service.protocol import DIRECT_WRITE
 from service.runtime import Runtime
 from service.topics import InvalidInput, Selector, check_topic, parse_resume, parse_seq
 
@@ -91,6 +92,7 @@ class FeedController(Controller):
     async def subscribe(
         self,
         topic: str,
+        request: Request[Any, Any, Any],
         state: State,
         principal: Principal,
         last_event_id: Annotated[str | None, Parameter(header="Last-Event-ID")] = None,
@@ -104,7 +106,7 @@ class FeedController(Controller):
         else:
             source = stream.TopicSource(check_topic(topic))
         principal.require("subscribe", topic)
-        return await _open(_runtime(state), principal, source, last_event_id, after)
+        return await _open(_runtime(state), principal, source, last_event_id, after, request.scope)
 
     @get(
         "/",
@@ -118,6 +120,7 @@ class FeedController(Controller):
     )
     async def subscribe_many(
         self,
+        request: Request[Any, Any, Any],
         state: State,
         principal: Principal,
         topic: Annotated[
@@ -132,7 +135,7 @@ class FeedController(Controller):
         # Each topic and pattern must be granted (a pattern: all the topics it can match).
         principal.require("subscribe", selector.topics + selector.patterns)
         source = stream.SelectionSource(selector)
-        return await _open(_runtime(state), principal, source, last_event_id, after)
+        return await _open(_runtime(state), principal, source, last_event_id, after, request.scope)
 
     @get(
         "/{topic:str}/events",
@@ -192,6 +195,7 @@ async def _open(
     source: stream.Source,
     last_event_id: str | None,
     after: str | None,
+    scope: Any,
 ) -> Stream:
     # The header wins: a browser's EventSource reconnects to the same URL and adds it.
     expect_hash: str | None = None
@@ -218,6 +222,7 @@ async def _open(
         expect_hash=expect_hash,
         subject=principal.subject if principal.limited else "",
         expires_at=principal.expires_at,
+        direct=scope.get("extensions", {}).get(DIRECT_WRITE),
     )
     return Stream(frames, media_type="text/event-stream", headers=SSE_HEADERS)
 

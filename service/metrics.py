@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 open_streams = Gauge("changefeed_open_streams", "SSE streams open on this replica")
 subscriptions = Gauge(
@@ -13,7 +16,28 @@ subscriptions = Gauge(
 feeds = Gauge("changefeed_topic_feeds", "Topics this replica fans out (topics with subscribers)")
 published = Counter("changefeed_events_published", "Events accepted by this replica's publish API")
 sequenced = Counter("changefeed_events_sequenced", "Events numbered by this replica's sequencer")
-delivered = Counter("changefeed_events_delivered", "Event frames written to subscribers")
+
+
+class _Deliveries(Collector):
+    """Event frames written to subscribers, counted with a plain integer: a Counter's lock
+    on every delivery was a measurable share of a replica's CPU at high fan-out."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def inc(self, n: int) -> None:
+        self.count += n
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(
+            "changefeed_events_delivered",
+            "Event frames written to subscribers",
+            value=self.count,
+        )
+
+
+delivered = _Deliveries()
+REGISTRY.register(delivered)
 fallbacks = Counter(
     "changefeed_slow_consumer_fallbacks",
     "Times a subscriber's buffer overflowed and it fell back to paging from the table",

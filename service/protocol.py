@@ -67,6 +67,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._raw_head = 0
         self._arm(self.body_seconds, "the request body")
         super().on_headers_complete()
+        # The app sees this in the scope before its task first runs (the same dict).
+        extensions: dict[str, Any] = self.scope.setdefault("extensions", {})
+        extensions[DIRECT_WRITE] = DirectWrite(self)
 
     def on_message_complete(self) -> None:
         self._disarm()
@@ -146,6 +149,41 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             b"content-length: %d\r\n\r\n%s" % (status, len(body), body)
         )
         self.transport.close()
+
+
+DIRECT_WRITE = "changefeed.direct_write"
+
+
+class DirectWrite:
+    """Writes a chunk of the current streaming response straight to the connection.
+
+    The fan-out calls this for a live stream whose task is parked, instead of waking the
+    task to pass the bytes through its generator, Litestar and ASGI ``send``: measured, that
+    path cost about twice the write itself per subscriber and event. It refuses (returns
+    False, and the caller takes the ordinary path) unless the response is mid-stream in
+    chunked encoding and the transport takes writes without back-pressure.
+    """
+
+    __slots__ = ("_cycle", "_protocol")
+
+    def __init__(self, protocol: BoundedHttpToolsProtocol) -> None:
+        self._protocol = protocol
+        self._cycle = protocol.cycle
+
+    def __call__(self, data: bytes) -> bool:
+        cycle, protocol = self._cycle, self._protocol
+        if (
+            not data  # an empty chunk would end the response
+            or not cycle.response_started
+            or cycle.response_complete
+            or cycle.disconnected
+            or not cycle.chunked_encoding
+            or protocol.flow.write_paused
+            or protocol.transport.is_closing()
+        ):
+            return False
+        protocol.transport.write(b"%x\r\n%s\r\n" % (len(data), data))
+        return True
 
 
 def bounded(

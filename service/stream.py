@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from service import events, frames, logs, metrics
 from service.database import UNAVAILABLE, Database
@@ -126,6 +126,7 @@ async def open_stream(
     expect_hash: str | None = None,
     subject: str = "",
     expires_at: float | None = None,
+    direct: Callable[[bytes], bool] | None = None,
 ) -> AsyncIterator[bytes]:
     """Validate the starting point and return the stream's frames.
 
@@ -136,9 +137,12 @@ async def open_stream(
     Raises ``AfterHead`` before anything is sent when a plain ``after`` is past the head.
     ``expires_at`` (Unix time; the caller's token): the stream ends then, with a final
     ``closed`` frame saying so; the client reconnects with a fresh token and resumes.
+    ``direct``: writes a chunk to the client's connection (see protocol.DirectWrite), for
+    the hub to deliver live batches without waking the stream's task.
     """
     # Subscribe first, then read the head: a hint arriving in between is not lost.
     sub = hub.subscribe(source.feed_key, source.selector, subject)
+    sub.direct = direct
     reset: bytes | None = None
     try:
         head = await source.head(db)
@@ -246,12 +250,15 @@ async def _frames(
                 sub.keepalive_due = False
                 yield frames.KEEPALIVE
                 continue
+            # While parked, the hub may write live batches itself and move the position.
+            sub.last = last
             if expires_at is None:
                 await sub.wait()
             else:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(max(0.0, expires_at - time.time())):
                         await sub.wait()
+            last = sub.last
     finally:
         # Runs on a clean end, on shutdown and when the client goes away (cancellation).
         hub.unsubscribe(sub)

@@ -1,0 +1,18 @@
+"""An ASGI application factory for running changefeed under another ASGI server
+(``granian --interface asgi --factory service.asgi:app``); ``changefeed serve`` is the
+usual way, with its graceful shutdown and embedded database."""
+
+from __future__ import annotations
+
+from litestar import Litestar
+
+from service.app import create_app
+from service.settings import Settings
+
+
+def app() -> Litestar:
+    """The app for CHANGEFEED_DATABASE_URL (migrated already)."""
+    settings = Settings(**{})
+    if not settings.database_url:
+        raise SystemExit("service.asgi: set CHANGEFEED_DATABASE_URL")
+    return create_app(settings, settings.database_url)
