@@ -16,15 +16,16 @@ from service.topics import InvalidInput
 
 log = logs.get(__name__)
 
-# Seq order; time is non-decreasing along seq, so time bounds cut the range at both ends.
+# Seq order, and only a lower bound: with an upper bound on seq or time as well, a generic
+# plan over fresh statistics sorted the whole rest of the range for every page (measured:
+# page time proportional to the rows left). Time is non-decreasing along seq, so the ends
+# (`before`, `until`) are applied as the rows come: the first row past them ends the export.
 _PAGE = f"""
 SELECT seq, type, data::text AS data, time, event_id, encode(hash, 'hex') AS hash
 FROM {SCHEMA}.events
-WHERE topic = $1 AND seq > $2 AND seq <= $3
-  AND ($4::timestamptz IS NULL OR time >= $4)
-  AND ($5::timestamptz IS NULL OR time < $5)
+WHERE topic = $1 AND seq > $2 AND ($3::timestamptz IS NULL OR time >= $3)
 ORDER BY seq
-LIMIT $6
+LIMIT $4
 """
 
 
@@ -90,14 +91,18 @@ async def _pages(
     # starts is only known when the range starts after a seq, not at the earliest or a time.
     contiguous = after > 0 and since is None and not compacted
     while last < stop:
-        rows = await db.fetch(_PAGE, topic, last, stop, since, until, page_size)
+        rows = await db.fetch(_PAGE, topic, last, since, page_size)
         if not rows:
             return
         if contiguous and rows[0]["seq"] != last + 1:
             log.warning("export.overtaken_by_retention", topic=topic, after=last)
             raise Trimmed(last, rows[0]["seq"])
         contiguous = not compacted
-        yield b"".join(
-            _encoder.encode(ExportLine(topic=topic, **event_fields(r))) + b"\n" for r in rows
-        )
+        kept = [r for r in rows if r["seq"] <= stop and (until is None or r["time"] < until)]
+        if kept:
+            yield b"".join(
+                _encoder.encode(ExportLine(topic=topic, **event_fields(r))) + b"\n" for r in kept
+            )
+        if len(kept) < len(rows):
+            return
         last = rows[-1]["seq"]

@@ -11,7 +11,7 @@ from litestar.params import Parameter
 from litestar.response import Stream
 from litestar.status_codes import HTTP_202_ACCEPTED
 
-from service import events, export, inbox, metrics, publish, replay, stream
+from service import events, export, metrics, publish, replay, stream
 from service.auth import Principal
 from service.problems import unavailable
 from service.protocol import DIRECT_WRITE
@@ -72,7 +72,7 @@ class FeedController(Controller):
         )
         if principal.limited:
             runtime.publish_limits.spend(principal.subject, len(batch))
-        await inbox.append(runtime.db, topic, batch)
+        await runtime.inbox.append(topic, batch)
         metrics.published.inc(len(batch))
         runtime.sequencer.nudge()
         return Response({"accepted": len(batch)}, status_code=HTTP_202_ACCEPTED)

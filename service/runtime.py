@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from service import database, logs, migrate
 from service.auth import Authenticator
 from service.fanout import Hub
-from service.inbox import Backlog
+from service.inbox import Backlog, Inbox
 from service.limits import PublishLimits
 from service.listener import Listener
 from service.retention import Retention
@@ -33,6 +33,7 @@ class Runtime:
     retention: Retention
     auth: Authenticator
     publish_limits: PublishLimits
+    inbox: Inbox
 
     @classmethod
     async def start(cls, settings: Settings, url: str) -> Runtime:
@@ -84,7 +85,17 @@ class Runtime:
         backlog.start()
         retention.start()
         return cls(
-            settings, url, db, hub, sequencer, listener, backlog, retention, auth, publish_limits
+            settings,
+            url,
+            db,
+            hub,
+            sequencer,
+            listener,
+            backlog,
+            retention,
+            auth,
+            publish_limits,
+            Inbox(db),
         )
 
     def drain(self) -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 import httpx
 import pytest
 
-from tests.support import Service, new_topic, publish, subscribe
+from tests.support import Service, new_topic, publish, subscribe, wait_for
 
 PROBLEM = "application/problem+json"
 
@@ -160,3 +162,22 @@ async def test_patterns_are_for_subscribing_only(client: httpx.AsyncClient) -> N
     _assert_problem(await client.get("/feeds/bad pattern*"), 400)
     _assert_problem(await client.get("/feeds"), 400)  # no topic named
     _assert_problem(await client.get("/feeds", params={"topic": ["ok", "not ok"]}), 400)
+
+
+async def test_a_bad_publish_among_concurrent_ones_fails_alone(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    """Concurrent publishes are committed together (group commit): one that PostgreSQL
+    refuses must get its 400 while every other one is stored."""
+    topic = new_topic()
+    good = [client.post(f"/feeds/{topic}", json={"data": {"n": n}}) for n in range(40)]
+    bad = client.post(f"/feeds/{topic}", content=b'{"data": "\\u0000"}')
+    *answers, refused = await asyncio.gather(*good, bad)
+    assert [a.status_code for a in answers] == [202] * 40
+    assert refused.status_code == 400
+
+    async def stored() -> bool:
+        count = await db.fetchval("SELECT count(*) FROM changefeed.events WHERE topic = $1", topic)
+        return bool(count == 40)
+
+    await wait_for(stored, timeout=30)
