@@ -38,7 +38,9 @@ async def main() -> None:
     await asyncio.to_thread(cluster.ensure)
     url = await create_database(cluster.url_for("postgres"))
     await asyncio.to_thread(migrate.upgrade, url)
-    service = Service(url, env={"CHANGEFEED_SEQUENCER_BATCH_SIZE": os.environ.get("BATCH", "5000")}).start()
+    service = Service(
+        url, env={"CHANGEFEED_SEQUENCER_BATCH_SIZE": os.environ.get("BATCH", "5000")}
+    ).start()
     conn = await asyncpg.connect(url)
     try:
         started = time.perf_counter()

@@ -90,14 +90,7 @@ class Subscription:
         """Hand a batch to the stream: written at once when the stream is parked, caught up
         and its connection writable; else queued, and past the limit everything queued is
         dropped and the overflow flagged (the stream then reads the table)."""
-        if (
-            self.direct is not None
-            and self._waiter is not None
-            and not self._pending
-            and not self.closed
-            and batch.first == self.last + 1
-            and (not batch.data or self.direct(batch.data))
-        ):
+        if batch.first == self.last + 1 and self.write_parked(batch.data):
             self.last = batch.last
             metrics.delivered.inc(batch.count)
             return
@@ -112,6 +105,18 @@ class Subscription:
                 self._batches.append(batch)
                 self._bytes += len(batch.data)
         self.poke()
+
+    def write_parked(self, data: bytes) -> bool:
+        """Write ``data`` to the connection if the stream's task is parked with nothing
+        pending (so that no write of its own can interleave); False if it was not. Empty
+        data writes nothing (an empty chunk would end the response) but counts as done."""
+        return (
+            self.direct is not None
+            and self._waiter is not None
+            and not self._pending
+            and not self.closed
+            and (not data or self.direct(data))
+        )
 
     def take(self) -> tuple[list[Batch], bool]:
         """Everything queued so far, and whether batches were dropped since the last take."""
@@ -403,8 +408,9 @@ class Hub:
             await asyncio.sleep(self._keepalive_seconds)
             for feed in list(self._feeds.values()):
                 for sub in feed.subscribers:
-                    sub.keepalive_due = True
-                    sub.poke()
+                    if not sub.write_parked(frames.KEEPALIVE):
+                        sub.keepalive_due = True
+                        sub.poke()
 
     async def _recheck_loop(self) -> None:
         while True:
