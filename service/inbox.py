@@ -9,15 +9,12 @@ bound; the backlog is measured once a second, not per publish.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sys
 
-from service import database, logs, metrics
+from service import database, metrics
 from service.database import Database
 from service.publish import NewEvent
 from service.schema import SCHEMA
-
-log = logs.get(__name__)
 
 # One statement for a group of publishes: stored atomically, all or none, each publish's
 # events in order (rows are numbered in the order unnest yields them).
@@ -115,32 +112,18 @@ _BACKLOG = f"SELECT coalesce(max(id) - min(id) + 1, 0) FROM {SCHEMA}.inbox"
 
 
 class Backlog:
-    """This replica's view of how many events wait in the inbox."""
+    """This replica's view of how many events wait in the inbox (refreshed each second
+    by a Periodic)."""
 
     def __init__(self, db: Database, limit: int) -> None:
         self._db = db
         self.limit = limit
         self.events = 0
-        self._task: asyncio.Task[None] | None = None
 
     @property
     def full(self) -> bool:
         return self.events >= self.limit
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="inbox-backlog")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                self.events = await self._db.fetchval(_BACKLOG)
-                metrics.inbox_backlog.set(self.events)
-            except database.UNAVAILABLE as exc:
-                log.warning("inbox.backlog_unknown", error=str(exc))
-            await asyncio.sleep(1.0)
+    async def refresh(self) -> None:
+        self.events = await self._db.fetchval(_BACKLOG)
+        metrics.inbox_backlog.set(self.events)

@@ -1,20 +1,19 @@
-"""Retention: per-topic policies, and the loop that removes what they no longer keep.
+"""Retention: per-topic policies, and removing what they no longer keep.
 
 Policies live in the database (``changefeed.retention``) so that every replica applies the
 same ones; the SQL function ``changefeed.trim()`` does the work in short batches (see the
-migration). Every replica runs the loop: trim() takes a transaction advisory lock without
-waiting, so at any moment one replica trims and the others skip.
+migration). Every replica calls ``trim`` periodically (see runtime): trim() takes a
+transaction advisory lock without waiting, so at any moment one replica trims and the
+others skip.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from dataclasses import dataclass
 
 import asyncpg
 
-from service import database, logs, metrics
+from service import logs, metrics
 from service.database import Database
 from service.schema import SCHEMA
 from service.topics import InvalidInput, Selector
@@ -103,32 +102,3 @@ async def trim(db: Database | asyncpg.Connection, batch_rows: int) -> dict[str, 
             )
         if sum(row["removed"] for row in rows) < batch_rows:
             return removed
-
-
-class Retention:
-    """This replica's retention loop."""
-
-    def __init__(self, db: Database, *, interval_seconds: float, batch_rows: int) -> None:
-        self._db = db
-        self._interval = interval_seconds
-        self._batch_rows = batch_rows
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="retention")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await trim(self._db, self._batch_rows)
-            except database.UNAVAILABLE as exc:
-                log.warning("retention.failed", error=str(exc))
-            except Exception:
-                log.exception("retention.failed")
-            await asyncio.sleep(self._interval)

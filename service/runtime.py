@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from service import database, logs, migrate
+from service import database, logs, migrate, retention
 from service.auth import Authenticator
 from service.fanout import Hub
 from service.inbox import Backlog, Inbox
 from service.limits import PublishLimits
 from service.listener import Listener
-from service.retention import Retention
+from service.periodic import Periodic
 from service.schema import EVENTS_CHANNEL, WAKE_CHANNEL
 from service.sequencer import Sequencer
 from service.settings import Settings
@@ -30,7 +30,7 @@ class Runtime:
     sequencer: Sequencer
     listener: Listener
     backlog: Backlog
-    retention: Retention
+    housekeeping: list[Periodic]
     auth: Authenticator
     publish_limits: PublishLimits
     inbox: Inbox
@@ -74,16 +74,19 @@ class Runtime:
             on_connect=hub.recheck,
         )
         backlog = Backlog(db, settings.max_inbox_events)
-        retention = Retention(
-            db,
-            interval_seconds=settings.retention_interval_seconds,
-            batch_rows=settings.retention_batch_rows,
-        )
+        housekeeping = [
+            Periodic("inbox-backlog", 1.0, backlog.refresh),
+            Periodic(
+                "retention",
+                settings.retention_interval_seconds,
+                lambda: retention.trim(db, settings.retention_batch_rows),
+            ),
+        ]
         hub.start()
         listener.start()
         sequencer.start()
-        backlog.start()
-        retention.start()
+        for task in housekeeping:
+            task.start()
         return cls(
             settings,
             url,
@@ -92,7 +95,7 @@ class Runtime:
             sequencer,
             listener,
             backlog,
-            retention,
+            housekeeping,
             auth,
             publish_limits,
             Inbox(db),
@@ -103,8 +106,8 @@ class Runtime:
         self.hub.drain()
 
     async def stop(self) -> None:
-        await self.retention.stop()
-        await self.backlog.stop()
+        for task in self.housekeeping:
+            await task.stop()
         await self.hub.close()
         await self.listener.stop()
         await self.sequencer.stop()

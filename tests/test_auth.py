@@ -129,6 +129,23 @@ async def test_grants_decide_every_call_and_403_says_which(client: httpx.AsyncCl
     assert f"may not publish to '{prefix}.us'" in refused.json()["detail"]
 
     assert (await client.get(f"/feeds/{prefix}.eu/events", headers=alice)).status_code == 200
+    await client.post(
+        "/feeds/billing", json={"data": 1}, headers=bearer(token("ops", publish=["*"]))
+    )
+
+    async def listed(headers: dict[str, str]) -> list[str]:
+        topics = (await client.get("/topics", headers=headers)).json()["topics"]
+        return [t["topic"] for t in topics]
+
+    everything = bearer(token("ops", subscribe=["*"]))
+
+    async def both_exist() -> bool:
+        return {"billing", f"{prefix}.eu"} <= set(await listed(everything))
+
+    await wait_for(both_exist, timeout=30)
+    # Only the topics the caller may subscribe to are listed.
+    assert await listed(alice) == [f"{prefix}.eu"]
+    assert (await client.get("/topics")).status_code == 401
     assert (await client.get("/feeds/billing/events", headers=alice)).status_code == 403
     ndjson = {**alice, "accept": "application/x-ndjson"}
     assert (await client.get("/feeds/billing/events", headers=ndjson)).status_code == 403
