@@ -15,6 +15,7 @@ from service import events, export, metrics, publish, replay, stream
 from service.auth import Principal
 from service.problems import unavailable
 from service.protocol import DIRECT_WRITE
+from service.response import event_stream
 from service.runtime import Runtime
 from service.topics import InvalidInput, Selector, check_topic, parse_resume, parse_seq
 
@@ -212,6 +213,7 @@ async def _open(
             f"this replica serves its maximum of {runtime.settings.max_streams} streams; "
             "retry after the delay in Retry-After"
         )
+    direct = scope.get("extensions", {}).get(DIRECT_WRITE)
     frames = await stream.open_stream(
         runtime.hub,
         runtime.db,
@@ -222,9 +224,9 @@ async def _open(
         expect_hash=expect_hash,
         subject=principal.subject if principal.limited else "",
         expires_at=principal.expires_at,
-        direct=scope.get("extensions", {}).get(DIRECT_WRITE),
+        direct=direct,
     )
-    return Stream(frames, media_type="text/event-stream", headers=SSE_HEADERS)
+    return event_stream(frames, SSE_HEADERS, ends_on_disconnect=direct is not None)
 
 
 @get(

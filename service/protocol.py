@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -39,6 +40,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = True
         self._refused = False
         self._deadline: asyncio.TimerHandle | None = None
+        self._direct: DirectWrite | None = None
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
@@ -47,6 +49,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         super().connection_lost(exc)
+        if self._direct is not None:
+            self._direct.lost()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -69,7 +73,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         # The app sees this in the scope before its task first runs (the same dict).
         extensions: dict[str, Any] = self.scope.setdefault("extensions", {})
-        extensions[DIRECT_WRITE] = DirectWrite(self)
+        self._direct = extensions[DIRECT_WRITE] = DirectWrite(self)
 
     def on_message_complete(self) -> None:
         self._disarm()
@@ -155,20 +159,37 @@ DIRECT_WRITE = "changefeed.direct_write"
 
 
 class DirectWrite:
-    """Writes a chunk of the current streaming response straight to the connection.
+    """Writes a chunk of the current streaming response straight to the connection, and
+    tells the stream when the connection is gone.
 
     The fan-out calls this for a live stream whose task is parked, instead of waking the
     task to pass the bytes through its generator, Litestar and ASGI ``send``: measured, that
     path cost about twice the write itself per subscriber and event. It refuses (returns
     False, and the caller takes the ordinary path) unless the response is mid-stream in
     chunked encoding and the transport takes writes without back-pressure.
+
+    ``on_lost`` lets a stream end when its client goes away without a second task per
+    stream listening to ASGI ``receive`` for the disconnect (response.EventStream).
     """
 
-    __slots__ = ("_cycle", "_protocol")
+    __slots__ = ("_cycle", "_on_lost", "_protocol")
 
     def __init__(self, protocol: BoundedHttpToolsProtocol) -> None:
         self._protocol = protocol
         self._cycle = protocol.cycle
+        self._on_lost: Callable[[], None] | None = None
+
+    def on_lost(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the connection is lost (at once if it is already)."""
+        if self._cycle.disconnected:
+            callback()
+        else:
+            self._on_lost = callback
+
+    def lost(self) -> None:
+        callback, self._on_lost = self._on_lost, None
+        if callback is not None:
+            callback()
 
     def __call__(self, data: bytes) -> bool:
         cycle, protocol = self._cycle, self._protocol

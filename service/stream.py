@@ -15,12 +15,13 @@ import asyncio
 import contextlib
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 from service import events, frames, logs, metrics
 from service.database import UNAVAILABLE, Database
 from service.events import AfterHead
 from service.fanout import GLOBAL, Hub, Subscription
+from service.protocol import DirectWrite
 from service.topics import Selector
 
 log = logs.get(__name__)
@@ -126,7 +127,7 @@ async def open_stream(
     expect_hash: str | None = None,
     subject: str = "",
     expires_at: float | None = None,
-    direct: Callable[[bytes], bool] | None = None,
+    direct: DirectWrite | None = None,
 ) -> AsyncIterator[bytes]:
     """Validate the starting point and return the stream's frames.
 
@@ -138,11 +139,14 @@ async def open_stream(
     ``expires_at`` (Unix time; the caller's token): the stream ends then, with a final
     ``closed`` frame saying so; the client reconnects with a fresh token and resumes.
     ``direct``: writes a chunk to the client's connection (see protocol.DirectWrite), for
-    the hub to deliver live batches without waking the stream's task.
+    the hub to deliver live batches without waking the stream's task; it also ends the
+    frames when the connection is lost.
     """
     # Subscribe first, then read the head: a hint arriving in between is not lost.
     sub = hub.subscribe(source.feed_key, source.selector, subject)
     sub.direct = direct
+    if direct is not None:
+        direct.on_lost(sub.close)
     reset: bytes | None = None
     try:
         head = await source.head(db)
