@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-import structlog
 from litestar import Litestar, Request
 from litestar.config.cors import CORSConfig
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsPlugin
 
-from service import __version__, demo, health, problems
+from service import __version__, demo, health, logs, problems
 from service.access import caller
 from service.consumers import ConsumerController
 from service.feeds import FeedController, list_topics
@@ -80,10 +78,4 @@ def _cors(settings: Settings) -> CORSConfig | None:
 
 
 async def _bind_request_context(request: Request[Any, Any, Any]) -> None:
-    # Each request runs in its own task, so these stay with this request's log lines.
-    structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(
-        request_id=request.headers.get("x-request-id") or uuid.uuid4().hex[:16],
-        method=request.method,
-        path=request.url.path,
-    )
+    logs.bind_request(request.scope)

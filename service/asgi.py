@@ -4,15 +4,14 @@ usual way, with its graceful shutdown and embedded database."""
 
 from __future__ import annotations
 
-from litestar import Litestar
-
 from service.app import create_app
+from service.fastpath import PublishFastPath
 from service.settings import Settings
 
 
-def app() -> Litestar:
+def app() -> PublishFastPath:
     """The app for CHANGEFEED_DATABASE_URL (migrated already)."""
     settings = Settings(**{})
     if not settings.database_url:
         raise SystemExit("service.asgi: set CHANGEFEED_DATABASE_URL")
-    return create_app(settings, settings.database_url)
+    return PublishFastPath(create_app(settings, settings.database_url))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import sys
+import uuid
+from typing import Any
 
 import structlog
 
@@ -48,3 +50,15 @@ def get(name: str) -> structlog.stdlib.BoundLogger:
     """A logger for one module."""
     logger: structlog.stdlib.BoundLogger = structlog.get_logger(name)
     return logger
+
+
+def bind_request(scope: Any) -> None:
+    """Tag this request's log lines with its id (X-Request-ID or a fresh one), method and
+    path; each request runs in its own task, so the tags stay with it."""
+    request_id = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"")
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(
+        request_id=request_id.decode("latin-1") or uuid.uuid4().hex[:16],
+        method=scope["method"],
+        path=scope["path"],
+    )

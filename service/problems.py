@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import asyncpg
@@ -38,6 +39,18 @@ def problem(
         headers=headers,
         extra=extra or None,
     )
+
+
+def render(status: int, kind: str, title: str, detail: str) -> bytes:
+    """The body of a problem answered below Litestar (by the HTTP protocol or fastpath)."""
+    return json.dumps(
+        {
+            "type": f"urn:changefeed:problem:{kind}",
+            "title": title,
+            "status": status,
+            "detail": detail,
+        }
+    ).encode()
 
 
 def unavailable(detail: str) -> ProblemDetailsException:

@@ -15,11 +15,12 @@ and a body within ``body_seconds`` of its head; otherwise 408 and the connection
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from service import problems
 
 
 class HeadTooLarge(Exception):
@@ -138,14 +139,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def _send_problem(self, status: bytes, code: int, kind: str, title: str, detail: str) -> None:
         self._refused = True
         self._disarm()
-        body = json.dumps(
-            {
-                "status": code,
-                "type": f"urn:changefeed:problem:{kind}",
-                "title": title,
-                "detail": detail,
-            }
-        ).encode()
+        body = problems.render(code, kind, title, detail)
         self.transport.write(
             b"HTTP/1.1 %s\r\n"
             b"content-type: application/problem+json\r\n"

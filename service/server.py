@@ -13,6 +13,7 @@ import uvicorn
 from service import auth, logs, migrate, protocol
 from service.app import create_app
 from service.cluster import Cluster
+from service.fastpath import PublishFastPath
 from service.runtime import Runtime
 from service.settings import Settings
 
@@ -84,7 +85,7 @@ def serve(settings: Settings, url: str) -> bool:
         server.loop = asyncio.get_running_loop()
         server.runtime = runtime
 
-    app = create_app(settings, url, on_started=started)
+    app = PublishFastPath(create_app(settings, url, on_started=started))
     config = uvicorn.Config(
         app,
         host=settings.host,
