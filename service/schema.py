@@ -35,8 +35,15 @@ inbox = sa.Table(
         nullable=False,
         server_default=sa.text("clock_timestamp()"),
     ),
-    sa.CheckConstraint(f"topic ~ '{TOPIC_PATTERN}'", name="inbox_topic_format"),
-    sa.CheckConstraint(f"type ~ '{TYPE_PATTERN}'", name="inbox_type_format"),
+    # TOPIC_PATTERN and TYPE_PATTERN, spelled without bounded repetitions, which PostgreSQL's
+    # regex engine makes expensive (migration 0007).
+    sa.CheckConstraint(
+        "length(topic) BETWEEN 1 AND 200 AND topic ~ '^[A-Za-z0-9._:-]+$'",
+        name="inbox_topic_format",
+    ),
+    sa.CheckConstraint(
+        "length(type) BETWEEN 1 AND 200 AND type !~ '[[:cntrl:]]'", name="inbox_type_format"
+    ),
     sa.CheckConstraint("length(event_id) BETWEEN 1 AND 200", name="inbox_event_id_length"),
 )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 import asyncpg
 import httpx
@@ -143,6 +144,44 @@ async def test_sql_publish_rejects_bad_input(db: asyncpg.Connection) -> None:
         with pytest.raises(asyncpg.ProgramLimitExceededError, match="over the limit"):
             await db.execute("SELECT changefeed.publish('ok', 't', '\"0123456789\"'::jsonb)")
     assert await db.fetchval("SELECT count(*) FROM changefeed.inbox") == 0
+
+
+# The inbox's checks (and publish()'s) against the rules they implement: a topic is 1 to 200
+# of [A-Za-z0-9._:-], a type 1 to 200 characters (not bytes) without control characters
+# (the ASCII ones here: which others count depends on the database's locale).
+_TOPIC_RULE = re.compile(r"[A-Za-z0-9._:-]{1,200}")
+_TYPE_RULE = re.compile(r"[^\x00-\x1f\x7f]{1,200}")
+
+
+@pytest.mark.parametrize(
+    ("topic", "type_"),
+    [
+        ("t" * 200, "é" * 200),
+        ("t" * 201, "ok"),
+        ("", "ok"),
+        ("a b", "ok"),
+        ("ok", "é" * 201),
+        ("ok", ""),
+        ("ok", "a\tb"),
+        ("ok", "a\x7fb"),
+        ("A-z.0_9:x", "any text, even ü and {braces}"),
+    ],
+)
+async def test_inbox_checks_follow_the_rules(
+    db: asyncpg.Connection, topic: str, type_: str
+) -> None:
+    allowed = bool(_TOPIC_RULE.fullmatch(topic) and _TYPE_RULE.fullmatch(type_))
+    for statement in (
+        "INSERT INTO changefeed.inbox (topic, type, data) VALUES ($1, $2, '1')",
+        "SELECT changefeed.publish($1, $2, '1'::jsonb)",
+    ):
+        try:
+            await db.execute(statement, topic, type_)
+        except (asyncpg.CheckViolationError, asyncpg.InvalidParameterValueError):
+            stored = False
+        else:
+            stored = True
+        assert stored == allowed, (statement, topic, type_)
 
 
 async def test_oversized_headers_get_431(service: Service) -> None:
