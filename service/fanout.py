@@ -362,12 +362,12 @@ class Hub:
                 rows, covered = page.rows, page.covered
                 self._offer_selected(feed, rows, covered, page.lost)
             else:
-                rows = await events.page(self._db, feed.topic, feed.fetched, self._page_size)
-                covered = rows[-1]["seq"] if rows else feed.fetched
+                read = await events.frames_page(self._db, feed.topic, feed.fetched, self._page_size)
+                covered = read.last if read.count else feed.fetched
                 # A batch claims only what it holds: if retention cut past this feed's
                 # position, it does not continue from there, and streams read the table.
-                first = rows[0]["seq"] if rows else feed.fetched + 1
-                batch = Batch(first, covered, frames.encode(rows), len(rows))
+                first = read.first if read.count else feed.fetched + 1
+                batch = Batch(first, covered, read.data, read.count)
                 for sub in feed.subscribers:
                     sub.offer(batch)
             if covered == feed.fetched:

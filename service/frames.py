@@ -4,6 +4,10 @@ Written by hand rather than with Litestar's ServerSentEvent: the fan-out encodes
 once per replica and writes the same bytes to every subscriber, which needs frames as bytes.
 Safe without escaping: ``type`` cannot hold control characters (a table constraint) and
 ``data`` is PostgreSQL's one-line JSON text.
+
+A topic's events are framed by PostgreSQL itself (``events.frames_page``), as
+``id: <seq>.<hash8>`` (the seq and the first 8 hex digits of the event's chain hash, so
+that a resuming client proves which event it saw last), ``event: <type>``, ``data: <json>``.
 """
 
 from __future__ import annotations
@@ -19,21 +23,6 @@ KEEPALIVE = b": keepalive\n\n"
 def retry(milliseconds: int) -> bytes:
     """The reconnection delay a client should use."""
     return b"retry: %d\n\n" % milliseconds
-
-
-def event_id(seq: int, hash_hex: str | None) -> bytes:
-    """``<seq>.<hash8>``: the seq and the first 8 hex digits of the event's chain hash, so
-    that a resuming client proves which event it saw last."""
-    return b"%d.%s" % (seq, hash_hex[:8].encode()) if hash_hex else b"%d" % seq
-
-
-def encode(rows: Iterable[asyncpg.Record]) -> bytes:
-    """One frame per event, joined: ``id: <seq>.<hash8>``, ``event: <type>``, ``data: <json>``."""
-    return b"".join(
-        b"id: %s\nevent: %s\ndata: %s\n\n"
-        % (event_id(row["seq"], row["hash"]), row["type"].encode(), row["data"].encode())
-        for row in rows
-    )
 
 
 def reset(reason: str, detail: str, requested: str, after: int, **extra: object) -> bytes:

@@ -42,15 +42,15 @@ class TopicSource:
 
     async def read(self, db: Database, after: int, limit: int) -> tuple[bytes, int, int]:
         """Frames after ``after``, how many, and the position they cover up to."""
-        rows = await events.page(db, self.topic, after, limit)
-        data = frames.encode(rows)
-        if rows and rows[0]["seq"] == after + 1:
-            return data, len(rows), rows[-1]["seq"]
+        page = await events.frames_page(db, self.topic, after, limit)
+        data = page.data
+        if page.count and page.first == after + 1:
+            return data, page.count, page.last
         # A hole after `after`, or nothing at all: retention may have cut what followed it
         # (seqs have no other holes, but a compacted snapshot's, which are no loss).
         marks = await events.marks(db, self.topic)
         if marks.cut(after, earliest=self.earliest):
-            first = rows[0]["seq"] if rows else marks.first_seq
+            first = page.first if page.count else marks.first_seq
             log.warning("stream.retention_gap", topic=self.topic, after=after, first_seq=first)
             data = (
                 frames.reset(
@@ -64,7 +64,7 @@ class TopicSource:
                 + data
             )
             after = first - 1
-        return data, len(rows), rows[-1]["seq"] if rows else after
+        return data, page.count, page.last if page.count else after
 
     def __str__(self) -> str:
         return self.topic
