@@ -41,9 +41,10 @@ SELECT min(p.seq) AS first, max(p.seq) AS last, count(*)::int AS count,
        convert_to(string_agg(
            'id: ' || p.seq || coalesce('.' || left(encode(p.hash, 'hex'), 8), '')
            || E'\\nevent: ' || p.type || E'\\ndata: ' || p.data::text || E'\\n\\n',
-           '' ORDER BY p.seq), 'UTF8') AS data
+           '' ORDER BY p.seq), 'UTF8') AS data,
+       array_agg(extract(epoch FROM p.published_at)::float8 ORDER BY p.seq) AS published
 FROM (
-    SELECT seq, type, data, hash FROM {SCHEMA}.events
+    SELECT seq, type, data, hash, published_at FROM {SCHEMA}.events
     WHERE topic = $1 AND seq > $2
     ORDER BY seq
     LIMIT $3
@@ -160,12 +161,14 @@ async def page(db: Executor, topic: str, after: int, limit: int) -> list[asyncpg
 
 @dataclass(frozen=True, slots=True)
 class Frames:
-    """A page of one topic as SSE frames: the seqs it holds (0 when empty) and its bytes."""
+    """A page of one topic as SSE frames: the seqs it holds (0 when empty), its bytes, and
+    when each event was published (Unix time, for the delivery latency metric)."""
 
     first: int
     last: int
     count: int
     data: bytes
+    published: list[float]
 
 
 async def frames_page(db: Executor, topic: str, after: int, limit: int) -> Frames:
@@ -173,8 +176,8 @@ async def frames_page(db: Executor, topic: str, after: int, limit: int) -> Frame
     row = await db.fetchrow(_FRAMES, topic, after, limit)
     assert row is not None
     if not row["count"]:
-        return Frames(0, 0, 0, b"")
-    return Frames(row["first"], row["last"], row["count"], row["data"])
+        return Frames(0, 0, 0, b"", [])
+    return Frames(row["first"], row["last"], row["count"], row["data"], row["published"])
 
 
 async def global_head(db: Executor) -> int:

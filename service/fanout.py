@@ -370,17 +370,14 @@ class Hub:
                 batch = Batch(first, covered, read.data, read.count)
                 for sub in feed.subscribers:
                     sub.offer(batch)
+                now = time.time()
+                for published in read.published:
+                    metrics.delivery_latency.observe(max(0.0, now - published))
             if covered == feed.fetched:
                 feed.known = feed.fetched
                 return
             feed.fetched = covered
             feed.known = max(feed.known, covered)
-            if feed.topic != GLOBAL:
-                now = time.time()
-                for row in rows:
-                    metrics.delivery_latency.observe(
-                        max(0.0, now - row["published_at"].timestamp())
-                    )
 
     def _offer_selected(
         self, feed: Feed, rows: list[asyncpg.Record], covered: int, lost: dict[str, int]
