@@ -33,23 +33,29 @@ ORDER BY seq
 LIMIT $3
 """
 
-# The same page as SSE frames, built by PostgreSQL (frames.encode's format): a stream's
-# catch-up and the fan-out's reads then decode one value per page instead of a record per
-# event (measured: the Python side of a replay did most of its CPU per event there).
-_FRAMES = f"""
+# The same page as SSE frames, built by PostgreSQL (see frames.py for the format): a
+# stream's catch-up and the fan-out's reads then decode one value per page instead of a
+# record per event (measured: that was most of the Python side's CPU in a replay). The
+# fan-out also takes each event's publish time, for the delivery latency metric.
+_FRAMES = """
 SELECT min(p.seq) AS first, max(p.seq) AS last, count(*)::int AS count,
        convert_to(string_agg(
            'id: ' || p.seq || coalesce('.' || left(encode(p.hash, 'hex'), 8), '')
            || E'\\nevent: ' || p.type || E'\\ndata: ' || p.data::text || E'\\n\\n',
            '' ORDER BY p.seq), 'UTF8') AS data,
-       array_agg(extract(epoch FROM p.published_at)::float8 ORDER BY p.seq) AS published
+       {published} AS published
 FROM (
-    SELECT seq, type, data, hash, published_at FROM {SCHEMA}.events
+    SELECT seq, type, data, hash, published_at FROM {schema}.events
     WHERE topic = $1 AND seq > $2
     ORDER BY seq
     LIMIT $3
 ) p
 """
+_FRAMES_UNTIMED = _FRAMES.format(published="NULL::float8[]", schema=SCHEMA)
+_FRAMES_TIMED = _FRAMES.format(
+    published="array_agg(extract(epoch FROM p.published_at)::float8 ORDER BY p.seq)",
+    schema=SCHEMA,
+)
 
 _GLOBAL_HEAD = f"SELECT position FROM {SCHEMA}.sequencer"
 # Events of several topics in global order. Each read scans at most $5 positions, so that a
@@ -171,13 +177,17 @@ class Frames:
     published: list[float]
 
 
-async def frames_page(db: Executor, topic: str, after: int, limit: int) -> Frames:
-    """Up to ``limit`` events of ``topic`` with seq > ``after`` as SSE frames, in seq order."""
-    row = await db.fetchrow(_FRAMES, topic, after, limit)
+async def frames_page(
+    db: Executor, topic: str, after: int, limit: int, *, timed: bool = False
+) -> Frames:
+    """Up to ``limit`` events of ``topic`` with seq > ``after`` as SSE frames, in seq order;
+    ``timed``: with their publish times (else ``published`` is empty)."""
+    row = await db.fetchrow(_FRAMES_TIMED if timed else _FRAMES_UNTIMED, topic, after, limit)
     assert row is not None
     if not row["count"]:
         return Frames(0, 0, 0, b"", [])
-    return Frames(row["first"], row["last"], row["count"], row["data"], row["published"])
+    published = row["published"] or []
+    return Frames(row["first"], row["last"], row["count"], row["data"], published)
 
 
 async def global_head(db: Executor) -> int:

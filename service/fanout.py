@@ -362,7 +362,9 @@ class Hub:
                 rows, covered = page.rows, page.covered
                 self._offer_selected(feed, rows, covered, page.lost)
             else:
-                read = await events.frames_page(self._db, feed.topic, feed.fetched, self._page_size)
+                read = await events.frames_page(
+                    self._db, feed.topic, feed.fetched, self._page_size, timed=True
+                )
                 covered = read.last if read.count else feed.fetched
                 # A batch claims only what it holds: if retention cut past this feed's
                 # position, it does not continue from there, and streams read the table.
