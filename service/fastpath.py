@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 from litestar import Litestar
 
-from service import database, logs, metrics, problems, publish
+from service import database, logs, problems
 from service.auth import Principal, Unauthenticated
 from service.limits import Limited
 from service.runtime import Runtime
@@ -64,19 +64,13 @@ class PublishFastPath:
             body = await _read_body(receive, headers, runtime.settings.max_body_bytes)
             if body is None:
                 return  # the client went away
-            batch = publish.parse(
-                body,
-                max_event_bytes=runtime.settings.max_event_bytes,
-                max_batch_events=runtime.settings.max_batch_events,
-            )
-            if principal.limited:
-                runtime.publish_limits.spend(principal.subject, len(batch))
+            batch = runtime.check_publish(principal, body)
         except (_HandOver, InvalidInput, Unauthenticated, Limited):
             await self.app(scope, receive if body is None else _replay(body, receive), send)
             return
         logs.bind_request(scope)
         try:
-            await runtime.inbox.append(topic, batch)
+            await runtime.store(topic, batch)
         except database.UNAVAILABLE as exc:
             # Not handed over: the events may have been stored before the connection broke.
             log.warning("database.unavailable", error=str(exc), path=scope["path"])
@@ -97,8 +91,6 @@ class PublishFastPath:
             log.exception("request.failed", path=scope["path"])
             await _problem(send, 500, "internal", "Internal error", "see the service log")
             return
-        metrics.published.inc(len(batch))
-        runtime.sequencer.nudge()
         answer = b'{"accepted":%d}' % len(batch)
         await send(
             {

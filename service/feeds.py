@@ -11,7 +11,7 @@ from litestar.params import Parameter
 from litestar.response import Stream
 from litestar.status_codes import HTTP_202_ACCEPTED
 
-from service import events, export, metrics, publish, replay, stream
+from service import events, export, replay, stream
 from service.auth import Principal
 from service.problems import unavailable
 from service.protocol import DIRECT_WRITE
@@ -65,17 +65,8 @@ class FeedController(Controller):
                 f"{runtime.backlog.events} events wait for the sequencer (the limit is "
                 f"{runtime.backlog.limit}): it is down or behind; retry shortly"
             )
-        body = await request.body()
-        batch = publish.parse(
-            body,
-            max_event_bytes=runtime.settings.max_event_bytes,
-            max_batch_events=runtime.settings.max_batch_events,
-        )
-        if principal.limited:
-            runtime.publish_limits.spend(principal.subject, len(batch))
-        await runtime.inbox.append(topic, batch)
-        metrics.published.inc(len(batch))
-        runtime.sequencer.nudge()
+        batch = runtime.check_publish(principal, await request.body())
+        await runtime.store(topic, batch)
         return Response({"accepted": len(batch)}, status_code=HTTP_202_ACCEPTED)
 
     @get(

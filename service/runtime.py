@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from service import database, logs, migrate, retention
-from service.auth import Authenticator
+from service import database, logs, metrics, migrate, retention
+from service.auth import Authenticator, Principal
 from service.fanout import Hub
 from service.inbox import Backlog, Inbox
 from service.limits import PublishLimits
 from service.listener import Listener
 from service.periodic import Periodic
+from service.publish import NewEvent, parse
 from service.schema import EVENTS_CHANNEL, WAKE_CHANNEL
 from service.sequencer import Sequencer
 from service.settings import Settings
@@ -34,6 +35,24 @@ class Runtime:
     auth: Authenticator
     publish_limits: PublishLimits
     inbox: Inbox
+
+    def check_publish(self, principal: Principal, body: bytes) -> list[NewEvent]:
+        """A publish request's events, checked against the limits; raises InvalidInput or
+        Limited (taking nothing from the caller's allowance) before anything is stored."""
+        batch = parse(
+            body,
+            max_event_bytes=self.settings.max_event_bytes,
+            max_batch_events=self.settings.max_batch_events,
+        )
+        if principal.limited:
+            self.publish_limits.spend(principal.subject, len(batch))
+        return batch
+
+    async def store(self, topic: str, batch: list[NewEvent]) -> None:
+        """Store checked events durably and wake the sequencer."""
+        await self.inbox.append(topic, batch)
+        metrics.published.inc(len(batch))
+        self.sequencer.nudge()
 
     @classmethod
     async def start(cls, settings: Settings, url: str) -> Runtime:
