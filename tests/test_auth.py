@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import hmac
 import json
+import shutil
 import time
 from collections.abc import AsyncIterator, Iterator
 
@@ -303,6 +304,7 @@ def keys() -> Iterator[dict[str, object]]:
     jwks = directory / "jwks.json"
     jwks.write_text(json.dumps({"keys": [{**jwk, "kid": "k1", "alg": "RS256", "use": "sig"}]}))
     yield {"ec": ec_key, "ec_pem": pem, "pem_bytes": pem.read_bytes(), "rsa": rsa_key, "jwks": jwks}
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 def _hs256_by_hand(claims: dict[str, object], secret: object) -> str:

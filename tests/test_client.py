@@ -7,12 +7,13 @@ import contextlib
 import json
 import subprocess
 import uuid
+from pathlib import Path
 
 import asyncpg
 import httpx
 
 from service.client import Client, ClientError, FileCheckpoint, TableCheckpoint
-from tests.support import Service, changefeed, new_topic, private_tempdir, publish, subscribe
+from tests.support import Service, changefeed, new_topic, publish, subscribe
 
 
 async def _published(client: httpx.AsyncClient, topic: str, n: int) -> None:
@@ -22,11 +23,11 @@ async def _published(client: httpx.AsyncClient, topic: str, n: int) -> None:
 
 
 async def test_feed_resumes_from_a_file_checkpoint(
-    service: Service, client: httpx.AsyncClient
+    service: Service, client: httpx.AsyncClient, tmp_path: Path
 ) -> None:
     topic = new_topic()
     await _published(client, topic, 10)
-    path = private_tempdir("changefeed-checkpoint-") / "position"
+    path = tmp_path / "position"
     checkpoint = FileCheckpoint(path)
     seen: list[int] = []
     async with Client(service.base_url) as cf:

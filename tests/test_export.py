@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import asyncpg
 import httpx
@@ -13,7 +14,6 @@ from tests.support import (
     changefeed,
     create_database,
     new_topic,
-    private_tempdir,
     wait_for,
 )
 
@@ -71,14 +71,19 @@ def _cli(url: str, *args: str, stdin: str | None = None) -> subprocess.Completed
 
 
 async def test_cli_export_then_import_elsewhere_twice(
-    service: Service, client: httpx.AsyncClient, module_database: str, admin_url: str, template: str
+    service: Service,
+    client: httpx.AsyncClient,
+    module_database: str,
+    admin_url: str,
+    template: str,
+    tmp_path: Path,
 ) -> None:
     topic = new_topic()
     events = [{"type": "t", "data": {"n": i}} for i in range(300)]
     events[5]["id"] = "mine"
     await client.post(f"/feeds/{topic}", json=events)
     await _sequenced(module_database, topic, 300)
-    path = private_tempdir("changefeed-export-") / "export.ndjson"
+    path = tmp_path / "export.ndjson"
     exported = _cli(service.base_url, "export", topic, "--output", str(path))
     assert exported.returncode == 0, exported.stderr
     assert len(path.read_text().splitlines()) == 300
