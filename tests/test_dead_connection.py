@@ -65,6 +65,9 @@ async def test_listener_notices_a_silently_dead_connection(
 
                 assert await wait_for(published, timeout=60)
                 assert seq(await stream.next(timeout=60)) == "1"
+    except BaseException:
+        print(service.log())  # pytest shows it with the failure; stop() removes the file
+        raise
     finally:
         service.stop()
         await proxy.close()
