@@ -7,7 +7,8 @@ valid, authorised, within its limits, with a Content-Length and no CORS) using t
 functions as the Litestar handler. Anything else goes to the Litestar app, which stays the
 one place that words refusals; a request handed over after its body was read gets the body
 replayed. Nothing is stored before every check has passed, so a handed-over request is
-never stored twice.
+never stored twice. Failures of the insert itself are answered here (503, 400, 500), with
+the bodies the app would give: handing them over would insert again.
 """
 
 from __future__ import annotations
@@ -83,9 +84,11 @@ class PublishFastPath:
                 {b"retry-after": b"1"},
             )
             return
-        except asyncpg.DataError:
-            # PostgreSQL refused a value (nothing was stored): the app words the 400.
-            await self.app(scope, _replay(body, receive), send)
+        except asyncpg.DataError as exc:
+            # PostgreSQL refused a value (nothing was stored). Answered here rather than
+            # handed over: that would insert again and charge the subject's allowance twice.
+            detail = problems.data_error_detail(exc)
+            await _problem(send, 400, "invalid-input", "Invalid input", detail)
             return
         except Exception:
             log.exception("request.failed", path=scope["path"])

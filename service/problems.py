@@ -116,11 +116,15 @@ def _lease_lost(request: Request[Any, Any, Any], exc: LeaseLost) -> Response[Any
     return problem(409, "lease-lost", "Lease not held", str(exc)).to_response(request)
 
 
+def data_error_detail(exc: asyncpg.DataError) -> str:
+    """What to tell a client whose value PostgreSQL refused though the JSON parser let it
+    through (e.g. \u0000 in a string): a 400 invalid-input."""
+    return str(exc.args[0]) if exc.args else str(exc)
+
+
 def _data_error(request: Request[Any, Any, Any], exc: asyncpg.DataError) -> Response[Any]:
-    # PostgreSQL refused a value the JSON parser let through (e.g. \u0000 in a string).
-    return problem(
-        400, "invalid-input", "Invalid input", exc.args[0] if exc.args else str(exc)
-    ).to_response(request)
+    detail = data_error_detail(exc)
+    return problem(400, "invalid-input", "Invalid input", detail).to_response(request)
 
 
 def _unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:

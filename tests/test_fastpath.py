@@ -72,11 +72,12 @@ async def test_both_paths_store_each_event_once_in_order(
         # (an empty body would read "malformed JSON" instead).
         (b'{"type": 5}', "invalid event"),
         (b'{"data": 1, "extra": 2}', "invalid event"),
-        # Refused by PostgreSQL after every other check passed: nothing stored, 400.
+        # Refused by PostgreSQL after every other check passed: nothing stored, 400 (worded
+        # by the fast path with the app's function).
         (b'{"data": "\\u0000"}', "unsupported Unicode escape sequence"),
     ],
 )
-async def test_refusals_after_the_body_was_read_are_worded_by_the_app(
+async def test_refusals_after_the_body_was_read_read_alike(
     client: httpx.AsyncClient, db: asyncpg.Connection, body: bytes, detail: str
 ) -> None:
     topic = new_topic()
