@@ -13,7 +13,7 @@ from alembic import context
 from sqlalchemy import Connection, pool, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from service import schema
+from service import database, schema
 
 config = context.config
 
@@ -30,13 +30,20 @@ def _run(connection: Connection) -> None:
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": schema.MIGRATE_LOCK})
         connection.execute(text(f"CREATE SCHEMA IF NOT EXISTS {schema.SCHEMA}"))
         context.run_migrations()
+        # Configuration the database holds, applied under the same lock.
+        limit = config.attributes.get("max_event_bytes")
+        if limit is not None:
+            connection.execute(text(schema.set_max_event_bytes(limit)))
 
 
 async def _main() -> None:
     url: str = config.attributes["database_url"]
     engine = create_async_engine(
         "postgresql+asyncpg://",
-        async_creator=lambda: asyncpg.connect(url),
+        # The pinned search path: functions with SQL-standard bodies are resolved under it.
+        async_creator=lambda: asyncpg.connect(
+            url, server_settings=database.session_settings("migrate"), timeout=10
+        ),
         poolclass=pool.NullPool,
     )
     try:

@@ -1,14 +1,36 @@
-"""The HTTP side of authentication: the ``principal`` every handler receives."""
+"""The HTTP side of authentication: the ``principal`` every handler receives, and the
+checks that keep other web sites from acting with a browser's credentials.
+
+The token cookie exists for ``EventSource``, which can send nothing else, and which only
+reads. A browser attaches cookies to requests that other sites make too, so the cookie
+authenticates reads only (GET and HEAD); whatever changes something (publish, consumers,
+acknowledgements) must carry its token in the ``Authorization`` header, which no other
+site can make a browser send. Two more rules hold with or without authentication (a
+development server on 127.0.0.1 is reachable from any page the developer opens):
+
+- A request with a body must say ``Content-Type: application/json``: a page on another
+  site can send a form or ``text/plain`` without asking, but not JSON, for which the
+  browser first asks this service (CORS) and is refused unless the site is allowed.
+- A request that changes something and carries an ``Origin`` must come from this service's
+  own origin or one of ``CHANGEFEED_CORS_ORIGINS``.
+"""
 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from litestar import Request
 from litestar.datastructures import State
 
-from service.auth import Principal
+from service.auth import Forbidden, Principal
 from service.runtime import Runtime
+
+READS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class NotJSON(Exception):
+    """A request body that is not declared as JSON (415)."""
 
 
 async def caller(request: Request[Any, Any, Any], state: State) -> Principal:
@@ -16,6 +38,45 @@ async def caller(request: Request[Any, Any, Any], state: State) -> Principal:
     on. Tokens are read here and nowhere logged: log lines carry the path, never the query."""
     runtime: Runtime = state.runtime
     address = request.client.host if request.client else "unknown"
+    reads = request.method in READS
+    if not reads:
+        check_origin(request.headers.get("origin"), request.headers.get("host"), runtime)
+        if _has_body(request.headers):
+            require_json(request.headers.get("content-type"))
     return runtime.auth.authenticate(
-        request.headers, request.cookies, request.query_params, address
+        request.headers, request.cookies if reads else {}, request.query_params, address
     )
+
+
+def check_origin(origin: str | None, host: str | None, runtime: Runtime) -> None:
+    """Forbidden unless a request without Origin, or from this service's own origin (its
+    Host), or from an origin CHANGEFEED_CORS_ORIGINS allows."""
+    if origin is None:
+        return
+    allowed = runtime.settings.cors_origin_list
+    if "*" in allowed or origin in allowed:
+        return
+    if host and origin != "null" and urlsplit(origin).netloc.lower() == host.lower():
+        return
+    raise Forbidden(
+        f"a request from {origin[:100]} may not change anything here: only this service's "
+        "own pages and the origins in CHANGEFEED_CORS_ORIGINS may"
+    )
+
+
+def require_json(content_type: str | None) -> None:
+    """NotJSON unless ``application/json`` (or a ``+json`` type), parameters allowed."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    if media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    ):
+        return
+    raise NotJSON(
+        f"send the body as Content-Type: application/json, not {media or 'without a type'} "
+        "(with curl: --json, or -H 'Content-Type: application/json')"
+    )
+
+
+def _has_body(headers: Any) -> bool:
+    length = headers.get("content-length")
+    return bool(headers.get("transfer-encoding")) or (length is not None and length != "0")

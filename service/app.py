@@ -65,14 +65,14 @@ def create_app(
 
 
 def _cors(settings: Settings) -> CORSConfig | None:
-    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+    origins = settings.cors_origin_list
     if not origins:
         return None
     return CORSConfig(
         allow_origins=origins,
-        allow_methods=["GET", "POST"],
+        allow_methods=["GET", "POST", "PUT", "DELETE"],
         # An EventSource resuming adds Last-Event-ID.
-        allow_headers=["Content-Type", "Last-Event-ID", "X-Request-ID"],
+        allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "X-Request-ID"],
         allow_credentials="*" not in origins,
     )
 

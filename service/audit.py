@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import asyncpg
-
+from service import database
 from service.schema import SCHEMA
 
 
@@ -12,7 +11,7 @@ async def verify(url: str, topics: list[str]) -> tuple[list[tuple[str, int, str]
     each broken topic as (topic, seq, problem), and the topics whose chain is checked from
     a low-water mark rather than seq 1 (retention removed, or compaction thinned, what is
     before it) with that seq."""
-    conn = await asyncpg.connect(url)
+    conn = await database.connect(url, "cli")
     try:
         if not topics:
             topics = [r["topic"] for r in await conn.fetch(f"SELECT topic FROM {SCHEMA}.topics")]

@@ -2,9 +2,11 @@
 
 A token's ``changefeed`` claim grants topic patterns (``*`` is any run of characters, as in
 streams): ``{"subscribe": ["orders.*"], "publish": ["orders.eu"]}``. Subscribing covers
-streams, replay, export and durable consumers; publishing covers ``POST /feeds``. With
-``CHANGEFEED_AUTH=none`` every caller may do everything, and is told apart only by address
-(only in logs: the per-subject limits apply to authenticated subjects).
+streams, replay, export and durable consumers; publishing covers ``POST /feeds``. A
+consumer belongs to the subject that created it; ``"consume": ["billing*"]`` lets other
+subjects use the consumers whose names it covers (workers with identities of their own).
+With ``CHANGEFEED_AUTH=none`` every caller may do everything, and is told apart only by
+address (only in logs: the per-subject limits apply to authenticated subjects).
 
 Verification is PyJWT's; tokens come from ``Authorization: Bearer``, then a cookie (so a
 browser's EventSource can authenticate), then ``?access_token=`` as a last resort.
@@ -12,8 +14,6 @@ browser's EventSource can authenticate), then ``?access_token=`` as a last resor
 
 from __future__ import annotations
 
-import functools
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from service import logs
 from service.settings import Settings
+from service.topics import glob_match
 
 log = logs.get(__name__)
 
@@ -39,16 +40,11 @@ class Forbidden(Exception):
     """A valid token without the grant the call needs (403)."""
 
 
-@functools.lru_cache(maxsize=4096)
-def _glob(pattern: str) -> re.Pattern[str]:
-    return re.compile(".*".join(re.escape(part) for part in pattern.split("*")))
-
-
 def covers(grants: tuple[str, ...], name: str) -> bool:
     """Whether some grant pattern matches ``name``: a topic, or a pattern, which is covered
     when every topic it can match is (its ``*`` then has to fall within a grant's ``*``,
     since no topic contains a ``*``)."""
-    return any(_glob(grant).fullmatch(name) for grant in grants)
+    return any(glob_match(grant, name) for grant in grants)
 
 
 @dataclass(frozen=True)
@@ -63,6 +59,8 @@ class Principal:
     # Whether the per-subject limits apply. Not without authentication: every client
     # behind one proxy or NAT would share one address, and so one budget.
     limited: bool = True
+    # Names of consumers created by other subjects that this one may use.
+    consume: tuple[str, ...] = ()
 
     def require(self, action: Action, names: list[str] | str) -> None:
         """Forbidden unless every topic or pattern in ``names`` is granted for ``action``."""
@@ -75,10 +73,22 @@ class Principal:
         grants = self.subscribe if action == "subscribe" else self.publish
         return all(covers(grants, name) for name in names)
 
+    @property
+    def owner(self) -> str | None:
+        """Whom a consumer this caller creates belongs to (no one without authentication,
+        where every caller is everyone)."""
+        return self.subject if self.limited else None
+
+    def may_use_consumer(self, name: str, owner: str | None) -> bool:
+        """Whether a consumer is this caller's to use: its own, one its ``consume`` grant
+        names, or one that belongs to no one (created without authentication, or before
+        consumers had owners), subject to the subscribe grants as ever."""
+        return owner is None or owner == self.owner or covers(self.consume, name)
+
 
 def anonymous(address: str) -> Principal:
     """A caller when authentication is off: everything is allowed."""
-    return Principal(f"anonymous@{address}", ("*",), ("*",), limited=False)
+    return Principal(f"anonymous@{address}", ("*",), ("*",), limited=False, consume=("*",))
 
 
 class Authenticator:
@@ -123,20 +133,26 @@ class Authenticator:
             raise Unauthenticated("the token has expired") from None
         except jwt.InvalidTokenError as exc:
             raise Unauthenticated(f"invalid token: {exc}") from None
+        subject = claims["sub"]
+        if not isinstance(subject, str) or not subject.strip():
+            # An empty subject would be no one: it would escape the per-subject limits.
+            raise Unauthenticated("invalid token: its sub is empty")
         grants = claims.get("changefeed")
         if not isinstance(grants, dict):
             grants = {}
         return Principal(
-            subject=str(claims["sub"]),
+            subject=subject,
             subscribe=_patterns(grants.get("subscribe")),
             publish=_patterns(grants.get("publish")),
             expires_at=float(claims["exp"]),
+            consume=_patterns(grants.get("consume")),
         )
 
     def authenticate(
         self, headers: Any, cookies: dict[str, str], query: Any, address: str
     ) -> Principal:
-        """The caller of a request: from its token when auth is on, else anonymous."""
+        """The caller of a request: from its token when auth is on, else anonymous. Pass
+        the cookies of reads only (see access.caller)."""
         if not self.enabled:
             return anonymous(address)
         token = _bearer(headers.get("authorization")) or cookies.get(self.cookie)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncpg
-
+from service import database
 from service.schema import SCHEMA
 
 
 async def capture(url: str, table: str, topic: str | None) -> str:
     """Install the capture triggers on ``table``; returns the topic its changes go to."""
-    conn = await asyncpg.connect(url)
+    conn = await database.connect(url, "cli")
     try:
         chosen: str = await conn.fetchval(
             f"SELECT {SCHEMA}.capture($1::regclass, $2)", table, topic
@@ -21,7 +20,7 @@ async def capture(url: str, table: str, topic: str | None) -> str:
 
 async def uncapture(url: str, table: str) -> bool:
     """Remove the capture triggers from ``table``; False if it was not captured."""
-    conn = await asyncpg.connect(url)
+    conn = await database.connect(url, "cli")
     try:
         removed: bool = await conn.fetchval(f"SELECT {SCHEMA}.uncapture($1::regclass)", table)
         return removed

@@ -241,7 +241,7 @@ def _migrate(settings: Settings, args: argparse.Namespace) -> int:
     if url is None:
         return 2
     try:
-        migrate.upgrade(url)
+        migrate.upgrade(url, max_event_bytes=migrate.configured_limit(settings))
     except Exception as exc:
         print(f"changefeed migrate: {exc}", file=sys.stderr)
         return 1
@@ -373,14 +373,14 @@ def _with_connection(
 ) -> int:
     """Run ``work`` on a connection to CHANGEFEED_DATABASE_URL and print what ``say`` makes
     of its result; a failure is one line on stderr and exit 1."""
-    import asyncpg
+    from service import database
 
     url = _database_url(settings, command)
     if url is None:
         return 2
 
     async def run() -> Any:
-        conn = await asyncpg.connect(url)
+        conn = await database.connect(url, "cli")
         try:
             return await work(conn)
         finally:

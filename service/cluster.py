@@ -101,6 +101,7 @@ class Cluster:
         """Create the cluster on first use, start it, and make sure its database exists."""
         if not (self.pgdata / "PG_VERSION").exists():
             self._initdb()
+        self._private(self.data_dir)
         if self.is_running():
             self._adopt_running_port()
         else:
@@ -110,7 +111,14 @@ class Cluster:
     def start(self) -> None:
         """Start the server and wait until it accepts connections."""
         listen = "127.0.0.1" if self.tcp_port else "''"  # '' = unix socket only
-        options = [f"-p {self.port}", f"-k {self.socket_dir}", f"-c listen_addresses={listen}"]
+        options = [
+            f"-p {self.port}",
+            f"-k {self.socket_dir}",
+            f"-c listen_addresses={listen}",
+            # The cluster trusts whoever reaches its socket, so only its own user (and root)
+            # may: the socket and its directory are theirs alone (see _private).
+            "-c unix_socket_permissions=0700",
+        ]
         if not self.durable:
             # Throwaway test clusters: a crashed *process* loses nothing with fsync off
             # (the OS still has the pages); only a machine crash would.
@@ -180,9 +188,17 @@ class Cluster:
     def _choose_socket_dir(self) -> Path:
         if len(str(self.data_dir)) <= _MAX_SOCKET_DIR:
             return self.data_dir
-        directory = Path(tempfile.mkdtemp(prefix="changefeed-pg-"))
+        directory = Path(tempfile.mkdtemp(prefix="changefeed-pg-"))  # mode 0700
         self._grant(directory)
         return directory
+
+    def _private(self, directory: Path) -> None:
+        """Only the server's user (and root) may enter ``directory``: the embedded cluster
+        authenticates nobody (trust), so reaching its socket is being its superuser. Applied
+        at every start, so that a directory made before this rule gets it too."""
+        directory.chmod(0o700)
+        if self.socket_dir != directory:
+            self.socket_dir.chmod(0o700)
 
     def _grant(self, path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)

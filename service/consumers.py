@@ -53,11 +53,13 @@ def _decode(body: bytes, kind: type[Any]) -> Any:
 
 
 async def _require(runtime: Runtime, principal: Principal, name: str) -> None:
-    """A consumer is used by whoever may subscribe to everything it reads."""
-    selection = await leases.selection(runtime.db, check_topic(name))
-    if selection is None:
+    """A consumer is used by its owner, or by a subject its ``consume`` grant lets, as
+    long as they may subscribe to everything it reads. To anyone else it does not exist:
+    404, naming neither its topics nor its owner."""
+    found = await leases.find(runtime.db, check_topic(name))
+    if found is None or not principal.may_use_consumer(name, found.owner):
         raise leases.UnknownConsumer(name)
-    principal.require("subscribe", selection)
+    principal.require("subscribe", found.selection)
 
 
 class ConsumerController(Controller):
@@ -82,13 +84,16 @@ class ConsumerController(Controller):
         if not 0.1 <= spec.visibility_timeout <= 43200:
             raise InvalidInput("visibility_timeout must be between 0.1 and 43200 seconds")
         selector = Selector(spec.topics)
-        # The new selection must be granted, and so must an existing consumer's old one.
-        principal.require("subscribe", selector.topics + selector.patterns)
-        existing = await leases.selection(runtime.db, name)
+        # An existing consumer must be the caller's to use, and its old selection granted
+        # as well as the new one.
+        existing = await leases.find(runtime.db, name)
         if existing is not None:
-            principal.require("subscribe", existing)
+            if not principal.may_use_consumer(name, existing.owner):
+                raise leases.NameTaken(name)
+            principal.require("subscribe", existing.selection)
+        principal.require("subscribe", selector.topics + selector.patterns)
         created = await leases.define(
-            runtime.db, name, selector, spec.visibility_timeout, spec.start
+            runtime.db, name, selector, spec.visibility_timeout, spec.start, principal.owner
         )
         body = await leases.describe(runtime.db, name)
         return Response(body, status_code=HTTP_201_CREATED if created else HTTP_200_OK)
@@ -97,7 +102,13 @@ class ConsumerController(Controller):
     async def list_consumers(self, state: State, principal: Principal) -> dict[str, Any]:
         # Only the consumers the caller could use.
         found = await leases.list_all(_runtime(state).db)
-        return {"consumers": [c for c in found if principal.may("subscribe", c["topics"])]}
+        usable = [
+            c
+            for c in found
+            if principal.may_use_consumer(c["name"], c["owner"])
+            and principal.may("subscribe", c["topics"])
+        ]
+        return {"consumers": usable}
 
     @get("/{name:str}", summary="A consumer: its lag and per-topic cursors")
     async def describe(self, name: str, state: State, principal: Principal) -> dict[str, Any]:

@@ -25,6 +25,14 @@ UNAVAILABLE = (
 )
 
 
+# Every changefeed session resolves unqualified names in the system catalog only (its own
+# objects are always schema-qualified). The default search path ("$user", public) would
+# let a role that may create objects in `public` (any role, before PostgreSQL 15) plant a
+# function that out-matches a built-in, such as `public.convert_to(text, text)`, and have
+# it run with the service's rights. `pg_temp` is named last: left out, it is searched
+# first for tables and types.
+SEARCH_PATH = "pg_catalog, pg_temp"
+
 # Ask the server to probe idle client sockets, so that a replica whose host vanished (no
 # FIN) loses its session, and with it the sequencer election lock, within seconds rather
 # than after the kernel's two-hour default. Ignored on unix sockets.
@@ -33,6 +41,13 @@ KEEPALIVES = {
     "tcp_keepalives_interval": "2",
     "tcp_keepalives_count": "3",
 }
+
+
+def session_settings(role: str | None = None) -> dict[str, str]:
+    """Settings for every changefeed session: its name in pg_stat_activity, the search
+    path above and the keepalives."""
+    name = APPLICATION_NAME if role is None else f"{APPLICATION_NAME}:{role}"
+    return {"application_name": name, "search_path": SEARCH_PATH, **KEEPALIVES}
 
 
 class Database:
@@ -94,7 +109,7 @@ async def create(url: str, *, min_size: int, max_size: int, timeout: float) -> D
         url,
         min_size=min_size,
         max_size=max_size,
-        server_settings={"application_name": APPLICATION_NAME, **KEEPALIVES},
+        server_settings=session_settings(),
         # A replica must not hang on a dead server: connecting is bounded.
         timeout=timeout,
         command_timeout=timeout,
@@ -109,10 +124,9 @@ async def create(url: str, *, min_size: int, max_size: int, timeout: float) -> D
 
 
 async def connect(url: str, role: str) -> asyncpg.Connection:
-    """A dedicated connection, never pooled: LISTEN and session advisory locks live on it."""
+    """A dedicated connection, never pooled: LISTEN and session advisory locks live on it,
+    and the command line's work."""
     conn: asyncpg.Connection = await asyncpg.connect(
-        url,
-        server_settings={"application_name": f"{APPLICATION_NAME}:{role}", **KEEPALIVES},
-        timeout=10,
+        url, server_settings=session_settings(role), timeout=10
     )
     return conn

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 
@@ -44,11 +45,16 @@ def parse_time(value: str | None, name: str) -> datetime | None:
         return None
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise InvalidInput(f"invalid {name} {value[:50]!r}: expected an ISO 8601 time") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        # In UTC, so that a time the database cannot take (9999-12-31T23:59:59-14:00 is in
+        # the year 10000) is refused here, not halfway through the response.
+        return parsed.astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise InvalidInput(
+            f"invalid {name} {value[:50]!r}: expected an ISO 8601 time between the years 1 "
+            "and 9999 (UTC)"
+        ) from None
 
 
 async def lines(
@@ -73,7 +79,10 @@ async def lines(
     if marks.cut(after):
         raise Trimmed(after, marks.first_seq)
     stop = marks.head if before is None else min(marks.head, before - 1)
-    return _pages(db, topic, after, stop, since, until, page_size, marks.compacted)
+    # The first page is read before the response starts, so that a failure to read (the
+    # database unreachable) is an error status rather than a response cut off at once.
+    first = await db.fetch(_PAGE, topic, after, since, page_size) if after < stop else []
+    return _pages(db, topic, after, stop, since, until, page_size, marks.compacted, first)
 
 
 async def _pages(
@@ -85,13 +94,17 @@ async def _pages(
     until: datetime | None,
     page_size: int,
     compacted: bool,
+    first: list[Any],
 ) -> AsyncIterator[bytes]:
     last = after
     # Seqs follow on without holes (but in a compacted snapshot); where the first page
     # starts is only known when the range starts after a seq, not at the earliest or a time.
     contiguous = after > 0 and since is None and not compacted
     while last < stop:
-        rows = await db.fetch(_PAGE, topic, last, since, page_size)
+        if first:
+            rows, first = first, []
+        else:
+            rows = await db.fetch(_PAGE, topic, last, since, page_size)
         if not rows:
             return
         if contiguous and rows[0]["seq"] != last + 1:

@@ -93,6 +93,7 @@ class Subscription:
         if batch.first == self.last + 1 and self.write_parked(batch.data):
             self.last = batch.last
             metrics.delivered.inc(batch.count)
+            metrics.direct_writes.inc()
             return
         if not self.overflowed:
             if self._bytes + len(batch.data) > self._limit:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, get, post
@@ -12,7 +13,7 @@ from litestar.response import Stream
 from litestar.status_codes import HTTP_202_ACCEPTED
 
 from service import events, export, replay, stream
-from service.auth import Principal
+from service.auth import Principal, Unauthenticated
 from service.problems import unavailable
 from service.protocol import DIRECT_WRITE
 from service.response import event_stream
@@ -189,6 +190,11 @@ async def _open(
     after: str | None,
     scope: Any,
 ) -> Stream:
+    # The leeway lets a token through whose issuer's clock is ahead of ours; a stream
+    # opened on it would be closed at once as expired, and the client would reconnect in a
+    # loop with the same token. Refused instead: it must fetch a fresh one.
+    if principal.expires_at is not None and principal.expires_at <= time.time():
+        raise Unauthenticated("the token has expired: a stream needs one that has not")
     # The header wins: a browser's EventSource reconnects to the same URL and adds it.
     expect_hash: str | None = None
     if last_event_id is not None and last_event_id.strip():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import msgspec
@@ -20,6 +20,17 @@ class UnknownConsumer(LookupError):
 
 class LeaseLost(Exception):
     """The lease lapsed and went to another worker, or was already acknowledged."""
+
+
+class NameTaken(Exception):
+    """A consumer of that name exists, and is not the caller's to change."""
+
+
+class Found(NamedTuple):
+    """Who a consumer belongs to (None: no one) and what it reads."""
+
+    owner: str | None
+    selection: list[str]
 
 
 class ConsumerEvent(msgspec.Struct):
@@ -45,9 +56,11 @@ class Batch(msgspec.Struct):
 
 _encoder = msgspec.json.Encoder()
 
+# A consumer keeps the owner it was created with.
 _DEFINE = f"""
-INSERT INTO {SCHEMA}.consumers AS c (name, selection, topics, patterns, visibility_timeout)
-VALUES ($1, $2, $3, $4, $5)
+INSERT INTO {SCHEMA}.consumers AS c
+    (name, selection, topics, patterns, visibility_timeout, owner)
+VALUES ($1, $2, $3, $4, $5, $6)
 ON CONFLICT (name) DO UPDATE SET selection = excluded.selection, topics = excluded.topics,
     patterns = excluded.patterns, visibility_timeout = excluded.visibility_timeout
 RETURNING (xmax = 0) AS created
@@ -61,7 +74,7 @@ ON CONFLICT DO NOTHING
 """
 _DESCRIBE = f"""
 SELECT c.name, c.selection, extract(epoch FROM c.visibility_timeout)::float8 AS visibility,
-       c.created_at,
+       c.created_at, c.owner,
        coalesce(sum(t.head - coalesce(ct.acked_seq, 0)), 0)::bigint AS lag,
        count(t.topic) AS topics,
        count(ct.lease) FILTER (WHERE ct.lease_expires > clock_timestamp()) AS leased_topics
@@ -85,9 +98,14 @@ ORDER BY t.topic
 
 
 async def define(
-    db: Database, name: str, selector: Selector, visibility_seconds: float, start: str
+    db: Database,
+    name: str,
+    selector: Selector,
+    visibility_seconds: float,
+    start: str,
+    owner: str | None,
 ) -> bool:
-    """Create or update a consumer; True when it was created."""
+    """Create or update a consumer; True when it was created (by ``owner``)."""
     async with db.acquire() as conn, conn.transaction():
         created: bool = await conn.fetchval(
             _DEFINE,
@@ -96,6 +114,7 @@ async def define(
             selector.topics,
             selector.like_patterns,
             timedelta(seconds=visibility_seconds),
+            owner,
         )
         if created and start == "latest":
             await conn.execute(_START_LATEST, name, selector.topics, selector.like_patterns)
@@ -105,6 +124,7 @@ async def define(
 def _summary(row: asyncpg.Record) -> dict[str, Any]:
     return {
         "name": row["name"],
+        "owner": row["owner"],
         "topics": list(row["selection"]),
         "visibility_timeout": row["visibility"],
         "created_at": row["created_at"].isoformat(),
@@ -137,12 +157,12 @@ async def describe(db: Database, name: str) -> dict[str, Any]:
     return summary
 
 
-async def selection(db: Database, name: str) -> list[str] | None:
-    """The topics and patterns a consumer reads (None: no such consumer)."""
-    value: list[str] | None = await db.fetchval(
-        f"SELECT selection FROM {SCHEMA}.consumers WHERE name = $1", name
+async def find(db: Database, name: str) -> Found | None:
+    """Whose a consumer is and the topics and patterns it reads (None: no such consumer)."""
+    row = await db.fetchrow(
+        f"SELECT owner, selection FROM {SCHEMA}.consumers WHERE name = $1", name
     )
-    return value
+    return None if row is None else Found(row["owner"], list(row["selection"]))
 
 
 async def list_all(db: Database) -> list[dict[str, Any]]:

@@ -10,6 +10,7 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 
 from service.schema import SCHEMA
+from service.settings import Settings
 
 
 def migrations_dir() -> Path:
@@ -28,9 +29,26 @@ def _config(database_url: str) -> Config:
     return config
 
 
-def upgrade(database_url: str) -> None:
-    """Bring the schema to the newest revision; a no-op when it is already there."""
-    command.upgrade(_config(database_url), "head")
+def upgrade(
+    database_url: str, *, max_event_bytes: int | None = None, revision: str = "head"
+) -> None:
+    """Bring the schema to the newest revision (a no-op when it is already there), and
+    make ``max_event_bytes``, when given, the database's size limit of event data.
+    (``revision``: an older one, for tests that show what a migration changed.)"""
+    config = _config(database_url)
+    config.attributes["max_event_bytes"] = max_event_bytes
+    command.upgrade(config, revision)
+
+
+def configured_limit(settings: Settings) -> int | None:
+    """CHANGEFEED_MAX_EVENT_BYTES if it was set; unset, the database keeps its limit."""
+    return settings.max_event_bytes if "max_event_bytes" in settings.model_fields_set else None
+
+
+async def max_event_bytes(conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy) -> int:
+    """The database's size limit of event data as stored."""
+    limit: int = await conn.fetchval(f"SELECT {SCHEMA}.max_event_bytes()")
+    return limit
 
 
 def head_revision() -> str:

@@ -11,10 +11,11 @@ from litestar.plugins.problem_details import ProblemDetailsException
 from litestar.types import ExceptionHandlersMap
 
 from service import logs
+from service.access import NotJSON
 from service.auth import Forbidden, Unauthenticated
 from service.database import UNAVAILABLE
 from service.events import AfterHead, Trimmed
-from service.leases import LeaseLost, UnknownConsumer
+from service.leases import LeaseLost, NameTaken, UnknownConsumer
 from service.limits import Limited
 from service.topics import InvalidInput
 
@@ -85,6 +86,12 @@ def _forbidden(request: Request[Any, Any, Any], exc: Forbidden) -> Response[Any]
     return problem(403, "forbidden", "Not granted", str(exc)).to_response(request)
 
 
+def _not_json(request: Request[Any, Any, Any], exc: NotJSON) -> Response[Any]:
+    return problem(415, "unsupported-media-type", "Body must be JSON", str(exc)).to_response(
+        request
+    )
+
+
 def _limited(request: Request[Any, Any, Any], exc: Limited) -> Response[Any]:
     return problem(
         429,
@@ -116,13 +123,29 @@ def _lease_lost(request: Request[Any, Any, Any], exc: LeaseLost) -> Response[Any
     return problem(409, "lease-lost", "Lease not held", str(exc)).to_response(request)
 
 
-def data_error_detail(exc: asyncpg.DataError) -> str:
-    """What to tell a client whose value PostgreSQL refused though the JSON parser let it
-    through (e.g. \u0000 in a string): a 400 invalid-input."""
-    return str(exc.args[0]) if exc.args else str(exc)
+def _name_taken(request: Request[Any, Any, Any], exc: NameTaken) -> Response[Any]:
+    return problem(
+        409,
+        "name-taken",
+        "Consumer name in use",
+        f"a consumer named {exc.args[0]!r} belongs to another subject: choose another name",
+    ).to_response(request)
 
 
-def _data_error(request: Request[Any, Any, Any], exc: asyncpg.DataError) -> Response[Any]:
+# Values PostgreSQL refused: JSON it cannot store (a \u0000 in a string), and event data
+# against the inbox's rule (too deep, a number too large, too large as stored).
+REFUSED = (asyncpg.DataError, asyncpg.ProgramLimitExceededError)
+
+
+def data_error_detail(exc: asyncpg.PostgresError) -> str:
+    """What to tell a client whose value PostgreSQL refused (one of REFUSED): a 400
+    invalid-input with PostgreSQL's message and hint."""
+    message = str(exc.args[0]) if exc.args else str(exc)
+    hint = getattr(exc, "hint", None)
+    return f"{message}. {hint}" if hint else message
+
+
+def _data_error(request: Request[Any, Any, Any], exc: asyncpg.PostgresError) -> Response[Any]:
     detail = data_error_detail(exc)
     return problem(400, "invalid-input", "Invalid input", detail).to_response(request)
 
@@ -145,11 +168,14 @@ def handlers() -> ExceptionHandlersMap:
         Trimmed: _trimmed,
         Unauthenticated: _unauthenticated,
         Forbidden: _forbidden,
+        NotJSON: _not_json,
         Limited: _limited,
         UnknownConsumer: _unknown_consumer,
         LeaseLost: _lease_lost,
-        asyncpg.DataError: _data_error,
+        NameTaken: _name_taken,
     }
+    for refused in REFUSED:
+        mapping[refused] = _data_error
     for exc_type in UNAVAILABLE:
         mapping[exc_type] = _unavailable
     mapping[Exception] = _internal

@@ -38,12 +38,9 @@ class Runtime:
 
     def check_publish(self, principal: Principal, body: bytes) -> list[NewEvent]:
         """A publish request's events, checked against the limits; raises InvalidInput or
-        Limited (taking nothing from the caller's allowance) before anything is stored."""
-        batch = parse(
-            body,
-            max_event_bytes=self.settings.max_event_bytes,
-            max_batch_events=self.settings.max_batch_events,
-        )
+        Limited (taking nothing from the caller's allowance) before anything is stored.
+        PostgreSQL checks ``data`` itself when the events are stored (see publish.py)."""
+        batch = parse(body, max_batch_events=self.settings.max_batch_events)
         if principal.limited:
             self.publish_limits.spend(principal.subject, len(batch))
         return batch
@@ -69,9 +66,20 @@ class Runtime:
         try:
             async with db.acquire() as conn:
                 await migrate.require_head(conn)
+                limit = await migrate.max_event_bytes(conn)
         except BaseException:
             await db.close()
             raise
+        configured = migrate.configured_limit(settings)
+        if configured is not None and configured != limit:
+            # The database holds the limit, for every path; `changefeed migrate` sets it.
+            log.warning(
+                "max_event_bytes.differs",
+                configured=configured,
+                database=limit,
+                detail="the database's limit applies; run `changefeed migrate` (or `serve "
+                "--migrate`) with CHANGEFEED_MAX_EVENT_BYTES to change it",
+            )
         hub = Hub(
             db,
             page_size=settings.max_page_events,

@@ -7,12 +7,12 @@ import contextlib
 from collections.abc import Iterator
 from types import FrameType
 
-import asyncpg
 import uvicorn
 
 from service import auth, logs, migrate, protocol
 from service.app import create_app
 from service.cluster import Cluster
+from service.database import connect
 from service.fastpath import PublishFastPath
 from service.runtime import Runtime
 from service.settings import Settings
@@ -48,14 +48,15 @@ def database(settings: Settings, *, apply_migrations: bool) -> Iterator[str]:
     """The database URL to serve; an embedded cluster lives as long as the context."""
     if settings.database_url:
         if apply_migrations:
-            migrate.upgrade(settings.database_url)
+            limit = migrate.configured_limit(settings)
+            migrate.upgrade(settings.database_url, max_event_bytes=limit)
         yield settings.database_url
         return
     cluster = Cluster(settings.data_dir, bin_dir=settings.pg_bin_dir)
     log.info("embedded.starting", data_dir=str(cluster.data_dir), binaries=str(cluster.bin_dir))
     cluster.ensure()
     try:
-        migrate.upgrade(cluster.url)
+        migrate.upgrade(cluster.url, max_event_bytes=migrate.configured_limit(settings))
         log.info("embedded.ready", url=cluster.url, revision=migrate.head_revision())
         yield cluster.url
     finally:
@@ -67,7 +68,7 @@ def preflight(url: str) -> None:
     """Fail fast, with a readable message, when the database is unreachable or unmigrated."""
 
     async def check() -> None:
-        conn = await asyncpg.connect(url, timeout=10)
+        conn = await connect(url, "preflight")
         try:
             await migrate.require_head(conn)
         finally:

@@ -59,7 +59,9 @@ class Settings(BaseSettings):
     retry_milliseconds: int = Field(3000, ge=0)
 
     # Input limits.
-    max_event_bytes: int = Field(64 * 1024, gt=0)
+    # Event data as stored (its jsonb text, what subscribers receive), for every path:
+    # a property of the database, which `changefeed migrate` sets from this when it is set.
+    max_event_bytes: int = Field(64 * 1024, gt=0, le=1 << 28)
     max_batch_events: int = Field(1000, gt=0)
     max_page_events: int = Field(1000, gt=0)
     # A whole POST body, so a batch is bounded by count and by size.
@@ -105,3 +107,8 @@ class Settings(BaseSettings):
 
     log_level: str = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        """CHANGEFEED_CORS_ORIGINS as a list."""
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]

@@ -33,6 +33,13 @@ def url_with_database(url: str, database: str) -> str:
     return urlunsplit(parts._replace(path=f"/{database}"))
 
 
+def url_as(url: str, role: str) -> str:
+    """The same database, connecting as ``role`` (the test cluster trusts local roles)."""
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit(parts._replace(netloc=f"{role}@{host}"))
+
+
 def new_topic(prefix: str = "t") -> str:
     return f"{prefix}.{uuid.uuid4().hex[:12]}"
 
@@ -275,11 +282,18 @@ NGINX_CONF = REPO / "deploy" / "nginx" / "changefeed.conf"
 
 
 class Nginx:
-    """Debian's nginx running the shipped config, in front of the given replica ports."""
+    """Debian's nginx running the shipped config, in front of the given replica ports.
 
-    def __init__(self, upstream_ports: list[int]) -> None:
+    ``read_timeouts``: (for API calls, for long responses) in place of the shipped 60 s and
+    1 h, so that a test can tell in seconds which kind a location is.
+    """
+
+    def __init__(
+        self, upstream_ports: list[int], read_timeouts: tuple[str, str] | None = None
+    ) -> None:
         self.port = free_port()
         self.upstream_ports = upstream_ports
+        self.read_timeouts = read_timeouts
         self.prefix = private_tempdir("changefeed-nginx-")
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -287,11 +301,31 @@ class Nginx:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def access_log(self) -> Path:
+        return self.prefix / "access.log"
+
     def config(self) -> str:
         """The shipped server config with test addresses, wrapped in a minimal main config."""
         import re
 
         site = NGINX_CONF.read_text()
+        site, count = re.subn(
+            r"(?m)^    access_log /var/log/nginx/access.log changefeed;",
+            f"    access_log {self.access_log} changefeed;",
+            site,
+        )
+        assert count == 1, "the shipped config's access_log line was not found"
+        if self.read_timeouts is not None:
+            api, long = self.read_timeouts
+            site, count = re.subn(
+                r"(?m)^    proxy_read_timeout 60s;", f"    proxy_read_timeout {api};", site
+            )
+            assert count == 1, "the shipped config's API read timeout was not found"
+            site, count = re.subn(
+                r"(?m)^        proxy_read_timeout 1h;", f"        proxy_read_timeout {long};", site
+            )
+            assert count == 1, "the shipped config's stream read timeout was not found"
         servers = "".join(
             f"    server 127.0.0.1:{port} max_fails=1 fail_timeout=2s;\n"
             for port in self.upstream_ports

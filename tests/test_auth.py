@@ -29,6 +29,7 @@ from tests.support import (
     create_database,
     new_topic,
     private_tempdir,
+    url_as,
     wait_for,
 )
 
@@ -40,16 +41,16 @@ def token(
     *,
     subscribe: list[str] | None = None,
     publish: list[str] | None = None,
+    consume: list[str] | None = None,
     expires_in: float = 300,
     key: object = SECRET,
     algorithm: str = "HS256",
     kid: str | None = None,
 ) -> str:
-    claims = {
-        "sub": sub,
-        "exp": int(time.time() + expires_in),
-        "changefeed": {"subscribe": subscribe or [], "publish": publish or []},
-    }
+    grants = {"subscribe": subscribe or [], "publish": publish or []}
+    if consume is not None:
+        grants["consume"] = consume
+    claims = {"sub": sub, "exp": int(time.time() + expires_in), "changefeed": grants}
     headers = {"kid": kid} if kid else None
     return jwt.encode(claims, key, algorithm=algorithm, headers=headers)  # type: ignore[arg-type]
 
@@ -245,34 +246,125 @@ async def test_per_subject_stream_and_publish_limits_are_429(client: httpx.Async
     assert limited.json()["type"] == "urn:changefeed:problem:rate-limited"
 
 
-async def test_consumers_are_used_only_within_grants(client: httpx.AsyncClient) -> None:
+async def test_consumers_belong_to_their_creator(client: httpx.AsyncClient) -> None:
     prefix = new_topic("orders")
-    name = f"c-{prefix}"
+    name = new_topic("consumer")
     owner = bearer(token("grace", subscribe=[f"{prefix}.*"]))
-    other = bearer(token("heidi", subscribe=["billing.*"]))
+    # Another service with the same topics, and one with others: neither may touch it,
+    # nor learn what it reads.
+    same_topics = bearer(token("heidi", subscribe=["*"]))
+    other_topics = bearer(token("ivan", subscribe=["billing.*"]))
+    # A worker of grace's with an identity of its own, granted the consumer by name.
+    worker = bearer(token("grace-worker-1", subscribe=[f"{prefix}.*"], consume=[name]))
     too_wide = await client.put(f"/consumers/{name}", json={"topics": ["*"]}, headers=owner)
     assert too_wide.status_code == 403
     created = await client.put(
         f"/consumers/{name}", json={"topics": [f"{prefix}.*"]}, headers=owner
     )
     assert created.status_code == 201
+    assert created.json()["owner"] == "grace"
     assert (await client.get(f"/consumers/{name}/events", headers=owner)).status_code == 200
-    for method, path in [
-        ("GET", f"/consumers/{name}"),
-        ("GET", f"/consumers/{name}/events"),
-        ("DELETE", f"/consumers/{name}"),
-    ]:
-        assert (await client.request(method, path, headers=other)).status_code == 403
-    ack = await client.post(
-        f"/consumers/{name}/ack",
-        json={"lease": "00000000-0000-0000-0000-000000000000"},
-        headers=other,
+    assert (await client.get(f"/consumers/{name}/events", headers=worker)).status_code == 200
+    for stranger in (same_topics, other_topics):
+        for method, path in [
+            ("GET", f"/consumers/{name}"),
+            ("GET", f"/consumers/{name}/events"),
+            ("DELETE", f"/consumers/{name}"),
+        ]:
+            refused = await client.request(method, path, headers=stranger)
+            assert refused.status_code == 404, (method, path)
+            assert prefix not in refused.text  # its topics are not named
+        ack = await client.post(
+            f"/consumers/{name}/ack",
+            json={"lease": "00000000-0000-0000-0000-000000000000"},
+            headers=stranger,
+        )
+        assert ack.status_code == 404
+        hijack = await client.put(f"/consumers/{name}", json={"topics": ["x"]}, headers=stranger)
+        assert hijack.status_code == 409
+        assert hijack.json()["type"] == "urn:changefeed:problem:name-taken"
+        listed = (await client.get("/consumers", headers=stranger)).json()["consumers"]
+        assert name not in [c["name"] for c in listed]
+    # The owner's own grants still bound what it may do with it.
+    narrowed = bearer(token("grace", subscribe=[f"{prefix}.eu"]))
+    assert (await client.get(f"/consumers/{name}", headers=narrowed)).status_code == 403
+    assert (await client.delete(f"/consumers/{name}", headers=owner)).status_code == 204
+
+
+async def test_cookies_authenticate_reads_only_and_other_sites_cannot_write(
+    client: httpx.AsyncClient, service: Service
+) -> None:
+    topic = new_topic("orders")
+    secret = token("kim", subscribe=[topic], publish=[topic])
+    cookie = {"cookie": f"changefeed_token={secret}"}
+    url = f"/feeds/{topic}"
+    # The request: a page on another site posting text with the browser's cookie.
+    csrf = await client.post(
+        url,
+        content=b'{"data": 1}',
+        headers={**cookie, "origin": "https://evil.example", "content-type": "text/plain"},
     )
-    assert ack.status_code == 403
-    hijack = await client.put(f"/consumers/{name}", json={"topics": ["billing.*"]}, headers=other)
-    assert hijack.status_code == 403
-    listed = (await client.get("/consumers", headers=other)).json()["consumers"]
-    assert name not in [c["name"] for c in listed]
+    assert csrf.status_code == 403
+    # Without the Origin (older browsers, or a form): not JSON, refused.
+    form = await client.post(
+        url,
+        content=b"data=1",
+        headers={**cookie, "content-type": "application/x-www-form-urlencoded"},
+    )
+    assert form.status_code == 415
+    assert form.json()["type"] == "urn:changefeed:problem:unsupported-media-type"
+    # JSON with only the cookie: the cookie does not authenticate a write.
+    assert (await client.post(url, json={"data": 1}, headers=cookie)).status_code == 401
+    # The cookie does authenticate reads (an EventSource can send nothing else).
+    assert (await client.get(f"{url}/events", headers=cookie)).status_code == 200
+    # Writes with the token in the header: from no page, this service's own, a listed one.
+    auth = bearer(secret)
+    own = service.base_url
+    for origin in (None, own, "https://app.example"):
+        headers = {**auth, **({"origin": origin} if origin else {})}
+        published = await client.post(url, json={"data": 2}, headers=headers)
+        assert published.status_code == 202, (origin, published.text)
+    for origin in ("https://evil.example", "null", own.replace("127.0.0.1", "localhost")):
+        refused = await client.post(url, json={"data": 3}, headers={**auth, "origin": origin})
+        assert refused.status_code == 403, origin
+    # Every body that changes something must be JSON: consumers and acknowledgements too.
+    name = f"c-{topic}"
+    for method, path in [("PUT", f"/consumers/{name}"), ("POST", f"/consumers/{name}/ack")]:
+        plain = await client.request(
+            method, path, content=b"{}", headers={**auth, "content-type": "text/plain"}
+        )
+        assert plain.status_code == 415, (method, path)
+
+
+async def test_an_empty_subject_is_no_one(client: httpx.AsyncClient) -> None:
+    for sub in ("", "   "):
+        nobody = bearer(token(sub, subscribe=["*"], publish=["*"]))
+        response = await client.get(f"/feeds/{new_topic()}/events", headers=nobody)
+        assert response.status_code == 401
+        assert "sub" in response.json()["detail"]
+
+
+async def test_a_token_dead_but_within_the_leeway_opens_no_stream(database: str) -> None:
+    svc = Service(
+        database,
+        env={
+            "CHANGEFEED_AUTH": "jwt",
+            "CHANGEFEED_JWT_SECRET": SECRET,
+            "CHANGEFEED_JWT_LEEWAY_SECONDS": "60",
+        },
+    ).start()
+    try:
+        topic = new_topic("orders")
+        late = bearer(token("lee", subscribe=[topic], expires_in=-5))
+        async with httpx.AsyncClient(base_url=svc.base_url, timeout=30) as http:
+            # The leeway is for clock skew: a page read still passes...
+            assert (await http.get(f"/feeds/{topic}/events", headers=late)).status_code == 200
+            # ...but a stream would be closed as expired at once, and reopened in a loop.
+            async with stream(http, f"/feeds/{topic}", headers=late) as (response, _):
+                assert response.status_code == 401
+                assert "expired" in (await response.aread()).decode()
+    finally:
+        svc.stop()
 
 
 async def test_cors_never_pairs_a_wildcard_with_credentials(client: httpx.AsyncClient) -> None:
@@ -382,13 +474,13 @@ async def test_sql_roles_producer_publishes_only_and_the_service_needs_no_superu
         await admin.execute(f"ALTER DATABASE {name} OWNER TO {owner}")
     finally:
         await admin.close()
-    owner_url = _as(bare, owner)
+    owner_url = url_as(bare, owner)
     await asyncio.to_thread(migrate.upgrade, owner_url)
     svc = Service(owner_url).start()
     try:
         async with httpx.AsyncClient(base_url=svc.base_url, timeout=30) as http:
             assert (await http.post("/feeds/roles", json={"data": 1})).status_code == 202
-        producer = await asyncpg.connect(_as(bare, app))
+        producer = await asyncpg.connect(url_as(bare, app))
         try:
             await producer.execute("SELECT changefeed.publish('roles', 'sql', '2'::jsonb)")
             for statement in [
@@ -410,14 +502,6 @@ async def test_sql_roles_producer_publishes_only_and_the_service_needs_no_superu
             await wait_for(both, timeout=30)
     finally:
         svc.stop()
-
-
-def _as(url: str, role: str) -> str:
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    host = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit(parts._replace(netloc=f"{role}@{host}"))
 
 
 def test_the_cli_sends_its_token(service: Service) -> None:

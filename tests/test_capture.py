@@ -93,7 +93,7 @@ async def test_capture_errors_are_clear(module_database: str) -> None:
         result = _changefeed(module_database, "capture", "public.missing")
         assert result.returncode == 1 and "missing" in result.stderr
         await db.fetchval("SELECT changefeed.capture('big')")
-        with pytest.raises(asyncpg.ProgramLimitExceededError, match=r"capture of public\.big"):
+        with pytest.raises(asyncpg.ProgramLimitExceededError, match=r"event of public\.big"):
             await db.execute("INSERT INTO big VALUES (1, repeat('x', 70000))")
         assert await db.fetchval("SELECT count(*) FROM big") == 0  # the writer's statement failed
     finally:

@@ -54,7 +54,9 @@ def test_compose_waits_for_migrations_and_balances_replicas() -> None:
 
 def test_nginx_config_suits_event_streams() -> None:
     conf = (DEPLOY / "nginx" / "changefeed.conf").read_text()
-    stream = conf[conf.index("location ~ ^/feeds/") :]
+    found = re.search(r"(?ms)^    location ~ (\S+) \{\n(.*?)^    \}", conf)
+    assert found is not None, "the long-response location was not found"
+    regex, stream = re.compile(found[1]), found[2]
     assert "proxy_buffering off;" in stream
     assert "gzip off;" in stream
     assert "proxy_http_version 1.1;" in conf
@@ -63,6 +65,26 @@ def test_nginx_config_suits_event_streams() -> None:
     assert timeout is not None
     seconds = int(timeout[1]) * {"h": 3600, "m": 60, "s": 1}[timeout[2]]
     assert seconds > 60
+    # Every response that stays open or runs long goes there (nginx matches the path
+    # without the query): streams of one topic, a pattern, several topics; replay pages
+    # and exports; consumer long polls. Nothing else does.
+    for path in [
+        "/feeds/orders",
+        "/feeds/orders.*",
+        "/feeds",
+        "/feeds/",
+        "/feeds/o/events",
+        "/consumers/billing/events",
+    ]:
+        assert regex.search(path), path
+    for path in ["/consumers", "/consumers/billing", "/topics", "/metrics", "/healthz", "/"]:
+        assert not regex.search(path), path
+    # No query strings in the access log (tokens), no metrics to the world.
+    log_format = re.search(r"(?s)log_format changefeed (.*?);", conf)
+    assert log_format is not None
+    assert "$request_uri" not in log_format[1] and "$args" not in log_format[1]
+    assert "$request " not in log_format[1] and '$request"' not in log_format[1]
+    assert re.search(r"(?s)location = /metrics \{\s*deny all;", conf)
 
 
 def test_dockerfile_runs_as_non_root() -> None:

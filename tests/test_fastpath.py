@@ -13,9 +13,10 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.support import Service, new_topic, wait_for
+from tests.support import Service, metrics, new_topic, subscribe, wait_for
 
 ORIGIN = "https://app.example"
+JSON = {"content-type": "application/json"}
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,7 @@ async def test_both_paths_store_each_event_once_in_order(
     answers = [
         await client.post(url, json={"data": 1}),  # fast
         await client.post(url, json={"data": 2}, headers={"origin": ORIGIN}),  # CORS
-        await client.post(url, content=_chunked(b'{"data": 3}')),  # chunked
+        await client.post(url, content=_chunked(b'{"data": 3}'), headers=JSON),  # chunked
         await client.post(url, json={"data": 4}, headers=[("x-a", "1"), ("x-a", "2")]),
         await client.post(url, json=[{"data": 5}, {"data": 6, "type": "t", "id": "six"}]),
     ]
@@ -102,3 +103,24 @@ async def test_other_routes_under_feeds_are_untouched(client: httpx.AsyncClient)
     bad_topic = await client.post("/feeds/bad%20topic", json={"data": 1})
     assert bad_topic.status_code == 400
     assert bad_topic.json()["type"] == "urn:changefeed:problem:invalid-input"
+
+
+async def test_the_fast_paths_are_taken(client: httpx.AsyncClient) -> None:
+    """Both rest on internals of uvicorn and Litestar (protocol.py, fastpath.py): if an
+    upgrade stops them from being taken, this fails rather than the service slowing down
+    unnoticed."""
+    topic = new_topic()
+    before = await metrics(client)
+    assert (await client.post(f"/feeds/{topic}", json={"data": 1})).status_code == 202
+    # A chunked body is not for the fast path: counted once, for the plain one.
+    chunked = await client.post(f"/feeds/{topic}", content=_chunked(b'{"data": 2}'), headers=JSON)
+    assert chunked.status_code == 202
+    after = await metrics(client)
+    assert after["changefeed_fast_publishes_total"] - before["changefeed_fast_publishes_total"] == 1
+
+    async with subscribe(client, topic) as stream:
+        # Parked at the live tail: the next batch is written to its connection directly.
+        assert (await client.post(f"/feeds/{topic}", json={"data": 3})).status_code == 202
+        assert (await stream.next()).data == "3"
+    written = await metrics(client)
+    assert written["changefeed_direct_writes_total"] > after["changefeed_direct_writes_total"]

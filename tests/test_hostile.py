@@ -9,6 +9,7 @@ import re
 import time
 from collections.abc import Iterator
 
+import asyncpg
 import httpx
 import pytest
 import schemathesis
@@ -16,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service.auth import covers
-from service.topics import InvalidInput, Selector, parse_resume
-from tests.support import Service
+from service.topics import InvalidInput, Selector, glob_match, parse_resume
+from tests.support import Service, new_topic
 
 # Streams never end, so schemathesis (which reads whole responses) skips them; the stream
 # fuzzer below opens them and reads only the status.
@@ -174,3 +175,75 @@ async def test_an_oversized_body_is_refused_before_it_is_sent(service: Service) 
         answer = await reader.read(4096)
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
     writer.close()
+
+
+@given(
+    pattern=st.text(alphabet="ab.*", max_size=12),
+    name=st.text(alphabet="ab.*", max_size=12),
+)
+def test_glob_matching_means_what_a_regular_expression_would(pattern: str, name: str) -> None:
+    reference = "".join(".*" if c == "*" else re.escape(c) for c in pattern)
+    assert glob_match(pattern, name) == bool(re.fullmatch(reference, name, re.DOTALL))
+
+
+async def test_a_pattern_cannot_freeze_the_replica(service: Service) -> None:
+    """A topic pattern made a backtracking regular expression, evaluated on the event loop:
+    `orders.**…*Z` against `orders.eu.paid.2026-12` took seconds, doubling with each `*`.
+    With 60 of them, only matching without backtracking lets the event arrive at all."""
+    prefix = new_topic("redos")
+    params = {"topic": [f"{prefix}.{'*' * 60}Z", f"{prefix}.e*"]}
+    async with (
+        httpx.AsyncClient(base_url=service.base_url, timeout=10) as http,
+        http.stream("GET", "/feeds", params=params) as response,
+    ):
+        assert response.status_code == 200
+        lines = response.aiter_lines()
+        assert (await anext(lines)).startswith("retry:")
+        published = await http.post(f"/feeds/{prefix}.eu.paid.2026-12", json={"data": 1})
+        assert published.status_code == 202
+        async with asyncio.timeout(10):
+            async for line in lines:
+                if line.startswith("data:"):
+                    assert '"seq": 1' in line
+                    break
+        assert (await http.get("/healthz")).status_code == 200
+
+
+async def test_patterns_in_sql_are_matched_without_backtracking(db: asyncpg.Connection) -> None:
+    """The same patterns in PostgreSQL (retention policies, consumers, multi-topic pages)
+    are LIKE patterns, whose matcher gives up on a `%` once the text is used up."""
+    prefix = new_topic("like")
+    pattern = f"{prefix}." + "*a" * 80 + "*b"
+    topic = f"{prefix}." + "a" * (199 - len(prefix))
+    await db.execute("SELECT changefeed.publish($1, 'x', '1')", topic)
+    await db.execute("SELECT changefeed.sequence()")
+    await db.execute(
+        "INSERT INTO changefeed.retention (pattern, max_count) VALUES ($1, 1)", pattern
+    )
+    async with db.transaction():
+        await db.execute("SET LOCAL statement_timeout = '5s'")
+        assert (
+            await db.fetchval(
+                "SELECT count(*) FROM changefeed.topics t "
+                "CROSS JOIN LATERAL changefeed.retention_for(t.topic) r WHERE r.pattern = $1",
+                pattern,
+            )
+            == 0
+        )
+        await db.fetch("SELECT * FROM changefeed.trim()")
+
+
+async def test_other_sites_cannot_write_without_authentication(service: Service) -> None:
+    """A development server on 127.0.0.1 is reachable from any page its user opens."""
+    topic = new_topic("csrf")
+    async with httpx.AsyncClient(base_url=service.base_url, timeout=10) as http:
+        for headers, status in [
+            ({"origin": "https://evil.example", "content-type": "text/plain"}, 403),
+            ({"content-type": "text/plain"}, 415),
+            ({"content-type": "application/x-www-form-urlencoded"}, 415),
+            ({}, 415),
+            ({"origin": "https://evil.example", "content-type": "application/json"}, 403),
+            ({"content-type": "application/json; charset=utf-8"}, 202),
+        ]:
+            response = await http.post(f"/feeds/{topic}", content=b'{"data": 1}', headers=headers)
+            assert response.status_code == status, (headers, response.text)

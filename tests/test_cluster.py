@@ -1,0 +1,72 @@
+"""The embedded cluster: it trusts whoever reaches its socket, so only the user running
+changefeed (and the user PostgreSQL runs as) may reach it, not every local user."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from service.cluster import Cluster
+from tests.support import private_tempdir
+
+# Any Python that every user may run (a virtual environment may live under /root).
+PYTHON = shutil.which("python3", path="/usr/bin:/bin")
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("runuser") is None or PYTHON is None,
+    reason="needs root (to act as other local users) and a system python3",
+)
+
+# Connect to a unix socket; exits 0 if it may, 1 (PermissionError) if not.
+PROBE = (
+    "import socket, sys\n"
+    "s = socket.socket(socket.AF_UNIX)\n"
+    "try:\n    s.connect(sys.argv[1])\nexcept PermissionError:\n    sys.exit(1)\n"
+)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    directory = private_tempdir("changefeed-embedded-")
+    pg = Cluster(directory / ".changefeed")
+    pg.ensure()
+    try:
+        yield pg
+    finally:
+        pg.stop("immediate")
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _reaches(user: str, cluster: Cluster) -> bool:
+    socket_path = cluster.socket_dir / f".s.PGSQL.{cluster.port}"
+    result = subprocess.run(
+        ["runuser", "-u", user, "--", str(PYTHON), "-c", PROBE, str(socket_path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode in (0, 1), result.stderr
+    return result.returncode == 0
+
+
+def test_only_its_own_users_reach_the_embedded_cluster(cluster: Cluster) -> None:
+    assert stat.S_IMODE(cluster.data_dir.stat().st_mode) == 0o700
+    assert cluster.run_as is not None
+    if cluster.run_as == "nobody":
+        pytest.skip("PostgreSQL runs as nobody here: no other user to try")
+    assert _reaches(cluster.run_as, cluster)  # the server's own user
+    assert not _reaches("nobody", cluster)  # any other local user
+
+
+def test_a_cluster_made_before_the_rule_gets_it_at_its_next_start(cluster: Cluster) -> None:
+    cluster.stop()
+    cluster.data_dir.chmod(0o755)
+    cluster.ensure()
+    assert stat.S_IMODE(cluster.data_dir.stat().st_mode) == 0o700
+    assert not _reaches("nobody", cluster)
