@@ -136,7 +136,7 @@ class Authenticator:
         subject = claims["sub"]
         if not isinstance(subject, str) or not subject.strip():
             # An empty subject would be no one: it would escape the per-subject limits.
-            raise Unauthenticated("invalid token: its sub is empty")
+            raise Unauthenticated("invalid token: its sub must be a non-empty string")
         grants = claims.get("changefeed")
         if not isinstance(grants, dict):
             grants = {}

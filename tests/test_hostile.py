@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import time
 from collections.abc import Iterator
@@ -247,3 +248,47 @@ async def test_other_sites_cannot_write_without_authentication(service: Service)
         ]:
             response = await http.post(f"/feeds/{topic}", content=b'{"data": 1}', headers=headers)
             assert response.status_code == status, (headers, response.text)
+
+
+_json = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**30), max_value=10**30)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=30),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=30,
+)
+_raw_number = st.from_regex(
+    r"-?(0|[1-9][0-9]{0,6})(\.[0-9]{1,6})?([eE][-+]?[0-9]{1,6})?", fullmatch=True
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    data=st.one_of(
+        _json.map(lambda v: json.dumps(v).encode()),
+        _raw_number.map(str.encode),
+        st.integers(min_value=1, max_value=200).map(lambda d: b"[" * d + b"]" * d),
+        st.integers(min_value=4200, max_value=4400).map(lambda n: b"-" + b"9" * n),
+        st.binary(max_size=64),
+    ),
+    type_=st.one_of(st.none(), _text),
+    id_=st.one_of(st.none(), _text),
+)
+def test_publishing_any_body_is_stored_or_refused_with_a_400(
+    service: Service, data: bytes, type_: str | None, id_: str | None
+) -> None:
+    fields = [b'"data": ' + data]
+    if type_ is not None:
+        fields.append(b'"type": ' + json.dumps(type_).encode())
+    if id_ is not None:
+        fields.append(b'"id": ' + json.dumps(id_).encode())
+    body = b"{" + b", ".join(fields) + b"}"
+    with httpx.Client(base_url=service.base_url, timeout=30) as http:
+        response = http.post(
+            "/feeds/fuzzed", content=body, headers={"content-type": "application/json"}
+        )
+    assert response.status_code in (202, 400), (body[:200], response.text[:300])

@@ -67,7 +67,7 @@ RETURN {{limit}};
 #   make PostgreSQL print an enormous one just to find out that it is too large. Between
 #   1e-20 and 1e20 a number prints at most 21 characters more than it was written.
 TOO_DEEP = """'strict $.**{64} ? (@.type() == "object" || @.type() == "array")'"""
-OUTSIZED = """'strict $.** ? (@.abs() >= 1e20 || (@ != 0 && @.abs() < 1e-20))'"""
+OUTSIZED = """'strict $.** ? (@.abs() >= 1e20 || (@.abs() < 1e-20 && @ != 0))'"""
 UNDECODABLE = """'strict $.** ? (@.abs() >= 1e4300)'"""
 
 # The exact decision, and the error saying what is wrong, for what event_ok() cannot pass
