@@ -91,3 +91,29 @@ def test_dockerfile_runs_as_non_root() -> None:
     dockerfile = (DEPLOY / "Dockerfile").read_text()
     assert re.search(r"(?m)^USER (?!root)\S+", dockerfile)
     assert 'CMD ["changefeed", "serve"]' in dockerfile
+
+
+def test_the_ingress_routes_the_api_and_not_the_metrics() -> None:
+    rules = _k8s("Ingress")["spec"]["rules"][0]["http"]["paths"]
+
+    def routed(path: str) -> bool:
+        # Kubernetes' path types: Exact, or Prefix by whole path elements.
+        return any(
+            path == rule["path"]
+            or (rule["pathType"] == "Prefix" and path.startswith(rule["path"].rstrip("/") + "/"))
+            for rule in rules
+        )
+
+    for path in [
+        "/",
+        "/feeds",
+        "/feeds/orders",
+        "/feeds/o/events",
+        "/consumers",
+        "/consumers/billing/events",
+        "/topics",
+        "/schema/openapi.json",
+    ]:
+        assert routed(path), path
+    for path in ["/metrics", "/healthz", "/readyz"]:
+        assert not routed(path), path

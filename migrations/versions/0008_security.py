@@ -458,6 +458,8 @@ def upgrade() -> None:
     op.execute(MAX_EVENT_BYTES.format(limit=_initial_limit()))
     op.execute(CHECK_EVENT_DATA)
     op.execute(EVENT_OK)
+    # For new rows: rows already waiting for the sequencer were accepted by the old rules
+    # and go through as they are, rather than failing the upgrade.
     op.execute(
         f"""
         ALTER TABLE {SCHEMA}.inbox
@@ -465,7 +467,7 @@ def upgrade() -> None:
             DROP CONSTRAINT inbox_type_format,
             DROP CONSTRAINT inbox_event_id_length,
             ADD CONSTRAINT inbox_event_rules
-                CHECK ({SCHEMA}.event_ok(topic, type, event_id, data))
+                CHECK ({SCHEMA}.event_ok(topic, type, event_id, data)) NOT VALID
         """
     )
     op.execute(PUBLISH)
@@ -532,8 +534,8 @@ def downgrade() -> None:
     op.execute(core.UNCAPTURE)
     op.execute(core.CAPTURE)
     op.execute(f"DROP FUNCTION {SCHEMA}.capture_publish()")
-    op.execute(f"DROP FUNCTION {SCHEMA}.capture_row()")
-    op.execute(retention.CAPTURE_ROW.replace(replace, "CREATE FUNCTION", 1))
+    # Replaced in place: the captured tables' triggers depend on it until REDECLARE.
+    op.execute(retention.CAPTURE_ROW)
     op.execute(core.CAPTURE_TRUNCATE.replace("CREATE FUNCTION", replace, 1))
     for function in roles.DEFINER:
         op.execute(
