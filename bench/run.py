@@ -102,7 +102,7 @@ async def http_post(
 ) -> int:
     """One request on a kept-alive raw connection; returns the status."""
     writer.write(
-        b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         b"Content-Length: %d\r\n\r\n%s" % (path.encode(), len(body), body)
     )
     head = await reader.readuntil(b"\r\n\r\n")
@@ -507,7 +507,7 @@ async def catch_up(service: Service, url: str, events: int) -> dict[str, Any]:
     pids = changefeed_target(service).pids()
     cpu = cpu_seconds(pids)
     reader, writer = await asyncio.open_connection("127.0.0.1", service.port)
-    writer.write(b"GET /feeds/replay?after=0 HTTP/1.1\r\nHost: x\r\n\r\n")
+    writer.write(b"GET /feeds/replay?after=0 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     started = time.perf_counter()
     frames = 0
     tail = b""

@@ -3,16 +3,19 @@ checks that keep other web sites from acting with a browser's credentials.
 
 The token cookie exists for ``EventSource``, which can send nothing else, and which only
 reads. A browser attaches cookies to requests that other sites make too, so the cookie
-authenticates reads only (GET and HEAD); whatever changes something (publish, consumers,
-acknowledgements) must carry its token in the ``Authorization`` header, which no other
-site can make a browser send. Two more rules hold with or without authentication (a
-development server on 127.0.0.1 is reachable from any page the developer opens):
+(and ``?access_token=``, which lands in logs and histories) authenticates reads only;
+whatever changes something (publishing, consumers, acknowledgements, and leasing a
+consumer's batch, a GET that hands events to the caller) must carry its token in the
+``Authorization`` header, which no other site can make a browser send. Two more rules
+hold with or without authentication (a development server on 127.0.0.1 is reachable from
+any page the developer opens):
 
 - A request with a body must say ``Content-Type: application/json``: a page on another
   site can send a form or ``text/plain`` without asking, but not JSON, for which the
   browser first asks this service (CORS) and is refused unless the site is allowed.
-- A request that changes something and carries an ``Origin`` must come from this service's
-  own origin or one of ``CHANGEFEED_CORS_ORIGINS``.
+- A request that changes something must come from this service's own origin or one of
+  ``CHANGEFEED_CORS_ORIGINS`` when a browser says where it comes from: its ``Origin``, or
+  for requests without one (an image, a link) ``Sec-Fetch-Site``.
 """
 
 from __future__ import annotations
@@ -27,6 +30,11 @@ from service.auth import Forbidden, Principal
 from service.runtime import Runtime
 
 READS = frozenset({"GET", "HEAD", "OPTIONS"})
+# A route that changes something though its method reads (a consumer's lease) says so with
+# `opt={CHANGES: True}`.
+CHANGES = "changes"
+# Sec-Fetch-Site values of requests a browser made on its own page or on its user's word.
+_OWN = frozenset({"same-origin", "none"})
 
 
 class NotJSON(Exception):
@@ -38,22 +46,36 @@ async def caller(request: Request[Any, Any, Any], state: State) -> Principal:
     on. Tokens are read here and nowhere logged: log lines carry the path, never the query."""
     runtime: Runtime = state.runtime
     address = request.client.host if request.client else "unknown"
-    reads = request.method in READS
+    headers = request.headers
+    reads = request.method in READS and not request.route_handler.opt.get(CHANGES)
     if not reads:
-        check_origin(request.headers.get("origin"), request.headers.get("host"), runtime)
-        if _has_body(request.headers):
-            require_json(request.headers.get("content-type"))
+        check_origin(
+            headers.get("origin"), headers.get("sec-fetch-site"), headers.get("host"), runtime
+        )
+        if _has_body(headers):
+            require_json(headers.get("content-type"))
     return runtime.auth.authenticate(
-        request.headers, request.cookies if reads else {}, request.query_params, address
+        headers,
+        request.cookies if reads else {},
+        request.query_params if reads else {},
+        address,
     )
 
 
-def check_origin(origin: str | None, host: str | None, runtime: Runtime) -> None:
-    """Forbidden unless a request without Origin, or from this service's own origin (its
-    Host), or from an origin CHANGEFEED_CORS_ORIGINS allows."""
-    if origin is None:
-        return
+def check_origin(
+    origin: str | None, fetch_site: str | None, host: str | None, runtime: Runtime
+) -> None:
+    """Forbidden unless the request comes from no browser page (no Origin, and no
+    Sec-Fetch-Site naming another site), from this service's own origin (its Host), or from
+    an origin CHANGEFEED_CORS_ORIGINS allows."""
     allowed = runtime.settings.cors_origin_list
+    if origin is None:
+        if fetch_site is None or fetch_site in _OWN or "*" in allowed:
+            return
+        raise Forbidden(
+            "a request from another site's page may not change anything here (Sec-Fetch-Site: "
+            f"{fetch_site[:20]})"
+        )
     if "*" in allowed or origin in allowed:
         return
     if host and origin != "null" and urlsplit(origin).netloc.lower() == host.lower():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import pwd
+import shlex
 import shutil
 import socket
 import subprocess
@@ -21,6 +22,9 @@ SUPERUSER = "postgres"
 DATABASE = "changefeed"
 # Unix socket paths are limited to 107 bytes; leave room for "/.s.PGSQL.NNNNN".
 _MAX_SOCKET_DIR = 80
+# pg_ctl starts the server through /bin/sh with the data directory and log file in double
+# quotes, where these still mean something to the shell.
+_SHELL = set('$`"\\\n')
 
 
 class ClusterError(RuntimeError):
@@ -77,6 +81,11 @@ class Cluster:
         bin_dir: Path | None = None,
     ) -> None:
         self.data_dir = data_dir.resolve()
+        if _SHELL & set(str(self.data_dir)):
+            raise ClusterError(
+                f"{self.data_dir}: the embedded cluster's directory may not contain any of "
+                "$ ` \\ \" or a line break (PostgreSQL's pg_ctl hands it to a shell)"
+            )
         self.pgdata = self.data_dir / "pgdata"
         self.tcp_port = tcp_port
         self.port = tcp_port or 5432
@@ -85,6 +94,7 @@ class Cluster:
         # postgres refuses to run as root: run it as an unprivileged user then.
         self.run_as = _unprivileged_user() if os.geteuid() == 0 else None
         self.socket_dir = self._choose_socket_dir()
+        self.log_file = self.pgdata / "postgresql.log"
 
     @property
     def url(self) -> str:
@@ -101,7 +111,7 @@ class Cluster:
         """Create the cluster on first use, start it, and make sure its database exists."""
         if not (self.pgdata / "PG_VERSION").exists():
             self._initdb()
-        self._private(self.data_dir)
+        self._private()
         if self.is_running():
             self._adopt_running_port()
         else:
@@ -113,7 +123,8 @@ class Cluster:
         listen = "127.0.0.1" if self.tcp_port else "''"  # '' = unix socket only
         options = [
             f"-p {self.port}",
-            f"-k {self.socket_dir}",
+            # pg_ctl puts these options into a shell command line as they are.
+            f"-k {shlex.quote(str(self.socket_dir))}",
             f"-c listen_addresses={listen}",
             # The cluster trusts whoever reaches its socket, so only its own user (and root)
             # may: the socket and its directory are theirs alone (see _private).
@@ -132,18 +143,21 @@ class Cluster:
             "-D",
             str(self.pgdata),
             "-l",
-            str(self.data_dir / "postgresql.log"),
+            str(self.log_file),
             "-o",
             " ".join(options),
         )
 
     def _adopt_running_port(self) -> None:
-        # Already running (a previous run was killed before stopping it): use its port.
+        # Already running (a previous run was killed before stopping it): use its port and
+        # its socket's directory (a temporary one, for a long path), as postmaster.pid says.
         lines = (self.pgdata / "postmaster.pid").read_text().splitlines()
         if len(lines) > 3 and lines[3].strip().isdigit():
             self.port = int(lines[3])
             if self.tcp_port:
                 self.tcp_port = self.port
+        if len(lines) > 4 and lines[4].strip():
+            self.socket_dir = Path(lines[4].strip())
 
     def stop(self, mode: str = "fast") -> None:
         """Stop the server (``smart``, ``fast`` or ``immediate``)."""
@@ -169,8 +183,7 @@ class Cluster:
         shutil.rmtree(self.data_dir, ignore_errors=True)
 
     def _initdb(self) -> None:
-        self.pgdata.mkdir(parents=True, exist_ok=True)
-        self._grant(self.data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
         self._grant(self.pgdata)
         os.chmod(self.pgdata, 0o700)
         self._run(
@@ -186,19 +199,22 @@ class Cluster:
         )
 
     def _choose_socket_dir(self) -> Path:
-        if len(str(self.data_dir)) <= _MAX_SOCKET_DIR:
-            return self.data_dir
+        # In the data directory proper (initdb makes it the server user's alone), unless its
+        # path is too long for a socket's.
+        if len(str(self.pgdata)) <= _MAX_SOCKET_DIR:
+            return self.pgdata
         directory = Path(tempfile.mkdtemp(prefix="changefeed-pg-"))  # mode 0700
         self._grant(directory)
         return directory
 
-    def _private(self, directory: Path) -> None:
-        """Only the server's user (and root) may enter ``directory``: the embedded cluster
-        authenticates nobody (trust), so reaching its socket is being its superuser. Applied
-        at every start, so that a directory made before this rule gets it too."""
-        directory.chmod(0o700)
-        if self.socket_dir != directory:
-            self.socket_dir.chmod(0o700)
+    def _private(self) -> None:
+        """Only the server's user (and root) may reach the socket, the data and the log: the
+        embedded cluster authenticates nobody (trust), so reaching its socket is being its
+        superuser. The directory CHANGEFEED_DATA_DIR names is left as it is (it may hold
+        other things); what is the cluster's lives in directories of its own, made private
+        at every start."""
+        self.pgdata.chmod(0o700)
+        self.socket_dir.chmod(0o700)
 
     def _grant(self, path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
@@ -250,10 +266,14 @@ class Cluster:
 
 
 def _unprivileged_user() -> str:
-    for name in ("postgres", "nobody"):
-        try:
-            pwd.getpwnam(name)
-            return name
-        except KeyError:
-            continue
-    raise ClusterError("running as root and found no 'postgres' or 'nobody' user to run PostgreSQL")
+    # Not `nobody`: every other daemon that runs as nobody could reach the cluster, and
+    # be its superuser.
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError:
+        raise ClusterError(
+            "running as root, the embedded PostgreSQL needs a user of its own to run as, "
+            "'postgres', and there is none: create it (useradd --system postgres), install "
+            "Debian's postgresql package, or run changefeed as an ordinary user"
+        ) from None
+    return "postgres"

@@ -14,7 +14,8 @@ from litestar.params import Parameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from service import leases
-from service.auth import Principal
+from service.access import CHANGES
+from service.auth import Principal, covers
 from service.runtime import Runtime
 from service.topics import InvalidInput, Selector, check_topic, parse_seq
 
@@ -93,7 +94,13 @@ class ConsumerController(Controller):
             principal.require("subscribe", existing.selection)
         principal.require("subscribe", selector.topics + selector.patterns)
         created = await leases.define(
-            runtime.db, name, selector, spec.visibility_timeout, spec.start, principal.owner
+            runtime.db,
+            name,
+            selector,
+            spec.visibility_timeout,
+            spec.start,
+            principal.owner,
+            covers(principal.consume, name),
         )
         body = await leases.describe(runtime.db, name)
         return Response(body, status_code=HTTP_201_CREATED if created else HTTP_200_OK)
@@ -120,10 +127,15 @@ class ConsumerController(Controller):
     )
     async def remove(self, name: str, state: State, principal: Principal) -> None:
         await _require(_runtime(state), principal, name)
-        await leases.delete(_runtime(state).db, name)
+        await leases.delete(
+            _runtime(state).db, name, principal.owner, covers(principal.consume, name)
+        )
 
     @get(
         "/{name:str}/events",
+        # A lease hands events to the caller and hides them from the consumer's other
+        # workers: a change, though a GET (see access.py).
+        opt={CHANGES: True},
         summary="Lease a batch of events (long poll)",
         description=(
             "Up to `limit` events, leased to the caller until `expires_at`: acknowledge them "

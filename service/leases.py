@@ -56,13 +56,16 @@ class Batch(msgspec.Struct):
 
 _encoder = msgspec.json.Encoder()
 
-# A consumer keeps the owner it was created with.
+# A consumer keeps the owner it was created with; an existing one is changed only if it
+# is the caller's to use ($7: the caller's `consume` grant names it), decided in the same
+# statement, so that no concurrent request can slip in between a check and the change.
 _DEFINE = f"""
 INSERT INTO {SCHEMA}.consumers AS c
     (name, selection, topics, patterns, visibility_timeout, owner)
 VALUES ($1, $2, $3, $4, $5, $6)
 ON CONFLICT (name) DO UPDATE SET selection = excluded.selection, topics = excluded.topics,
     patterns = excluded.patterns, visibility_timeout = excluded.visibility_timeout
+WHERE c.owner IS NULL OR c.owner = $6 OR $7
 RETURNING (xmax = 0) AS created
 """
 # A consumer that starts at the latest events begins every existing topic at its head.
@@ -104,10 +107,12 @@ async def define(
     visibility_seconds: float,
     start: str,
     owner: str | None,
+    granted: bool,
 ) -> bool:
-    """Create or update a consumer; True when it was created (by ``owner``)."""
+    """Create or update a consumer; True when it was created (by ``owner``). NameTaken if
+    it exists and is neither ``owner``'s nor ``granted`` (by a `consume` grant)."""
     async with db.acquire() as conn, conn.transaction():
-        created: bool = await conn.fetchval(
+        created: bool | None = await conn.fetchval(
             _DEFINE,
             name,
             sorted(selector.topics + selector.patterns),
@@ -115,7 +120,10 @@ async def define(
             selector.like_patterns,
             timedelta(seconds=visibility_seconds),
             owner,
+            granted,
         )
+        if created is None:
+            raise NameTaken(name)
         if created and start == "latest":
             await conn.execute(_START_LATEST, name, selector.topics, selector.like_patterns)
         return created
@@ -170,8 +178,14 @@ async def list_all(db: Database) -> list[dict[str, Any]]:
     return [_summary(r) for r in await db.fetch(_DESCRIBE, None)]
 
 
-async def delete(db: Database, name: str) -> None:
-    status = await db.execute(f"DELETE FROM {SCHEMA}.consumers WHERE name = $1", name)
+async def delete(db: Database, name: str, owner: str | None, granted: bool) -> None:
+    """Delete a consumer if it is ``owner``'s or ``granted`` (in the same statement)."""
+    status = await db.execute(
+        f"DELETE FROM {SCHEMA}.consumers WHERE name = $1 AND (owner IS NULL OR owner = $2 OR $3)",
+        name,
+        owner,
+        granted,
+    )
     if status.endswith(" 0"):
         raise UnknownConsumer(name)
 

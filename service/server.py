@@ -14,6 +14,7 @@ from service.app import create_app
 from service.cluster import Cluster
 from service.database import connect
 from service.fastpath import PublishFastPath
+from service.hosts import AllowedHosts
 from service.runtime import Runtime
 from service.settings import Settings
 
@@ -86,7 +87,10 @@ def serve(settings: Settings, url: str) -> bool:
         server.loop = asyncio.get_running_loop()
         server.runtime = runtime
 
-    app = PublishFastPath(create_app(settings, url, on_started=started))
+    app = AllowedHosts(
+        PublishFastPath(create_app(settings, url, on_started=started)),
+        settings.allowed_host_list,
+    )
     config = uvicorn.Config(
         app,
         host=settings.host,

@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     # Browser origins allowed to subscribe and publish from other sites (CORS), comma
     # separated; "*" allows any. Unset: same-origin only.
     cors_origins: str = ""
+    # Host names requests may be addressed to (the Host header, without its port), comma
+    # separated; "*" for any. Unset: only localhost, 127.0.0.1 and ::1 when listening on a
+    # loopback address (a page on any site could otherwise reach a development server
+    # through a name of its own that resolves to 127.0.0.1: DNS rebinding), else any.
+    allowed_hosts: str = ""
 
     # SSE behaviour.
     keepalive_seconds: float = Field(15.0, gt=0)
@@ -107,6 +112,16 @@ class Settings(BaseSettings):
 
     log_level: str = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
+
+    @property
+    def allowed_host_list(self) -> list[str]:
+        """CHANGEFEED_ALLOWED_HOSTS as a list, lower case, or its default."""
+        listed = [h.strip().lower() for h in self.allowed_hosts.split(",") if h.strip()]
+        if listed:
+            return listed
+        if self.host in ("127.0.0.1", "::1", "localhost") or self.host.startswith("127."):
+            return ["localhost", "127.0.0.1", "::1"]
+        return ["*"]
 
     @property
     def cors_origin_list(self) -> list[str]:

@@ -336,6 +336,27 @@ async def test_cookies_authenticate_reads_only_and_other_sites_cannot_write(
         assert plain.status_code == 415, (method, path)
 
 
+async def test_a_consumers_lease_needs_the_header(client: httpx.AsyncClient) -> None:
+    """Leasing is a GET that hands events to the caller and hides them from the
+    consumer's workers: neither the cookie nor a query token may do it."""
+    topic = new_topic("orders")
+    name = new_topic("lease")
+    secret = token("nia", subscribe=[topic])
+    assert (
+        await client.put(f"/consumers/{name}", json={"topics": [topic]}, headers=bearer(secret))
+    ).status_code == 201
+    url = f"/consumers/{name}/events"
+    by_cookie = await client.get(url, headers={"cookie": f"changefeed_token={secret}"})
+    assert by_cookie.status_code == 401
+    assert (await client.get(url, params={"access_token": secret})).status_code == 401
+    assert (await client.get(url, headers=bearer(secret))).status_code == 200
+    # A query token does not authenticate a write either (it would end up in logs).
+    published = await client.post(
+        f"/feeds/{topic}", json={"data": 1}, params={"access_token": secret}
+    )
+    assert published.status_code == 401
+
+
 async def test_an_empty_subject_is_no_one(client: httpx.AsyncClient) -> None:
     for sub in ("", "   "):
         nobody = bearer(token(sub, subscribe=["*"], publish=["*"]))

@@ -175,3 +175,12 @@ async def test_embedded_default_runs_publishes_streams_and_stops_its_cluster(
     finally:
         assert service.stop() == 0
     shutil.rmtree(data_dir.parent, ignore_errors=True)
+
+
+def test_a_data_directory_the_shell_would_interpret_is_refused(tmp_path: Path) -> None:
+    """pg_ctl hands the data directory to /bin/sh inside double quotes."""
+    odd = tmp_path / "x$(touch pwned)y"
+    result = changefeed("serve", env={"CHANGEFEED_DATA_DIR": str(odd)}, timeout=60)
+    assert result.returncode == 1
+    assert "may not contain" in result.stderr
+    assert not (tmp_path / "pwned").exists() and not Path("pwned").exists()

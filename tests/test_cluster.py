@@ -56,17 +56,47 @@ def _reaches(user: str, cluster: Cluster) -> bool:
 
 
 def test_only_its_own_users_reach_the_embedded_cluster(cluster: Cluster) -> None:
-    assert stat.S_IMODE(cluster.data_dir.stat().st_mode) == 0o700
-    assert cluster.run_as is not None
-    if cluster.run_as == "nobody":
-        pytest.skip("PostgreSQL runs as nobody here: no other user to try")
-    assert _reaches(cluster.run_as, cluster)  # the server's own user
+    assert stat.S_IMODE(cluster.pgdata.stat().st_mode) == 0o700
+    assert stat.S_IMODE(cluster.socket_dir.stat().st_mode) == 0o700
+    assert cluster.run_as == "postgres"
+    assert _reaches("postgres", cluster)  # the server's own user
     assert not _reaches("nobody", cluster)  # any other local user
 
 
 def test_a_cluster_made_before_the_rule_gets_it_at_its_next_start(cluster: Cluster) -> None:
     cluster.stop()
-    cluster.data_dir.chmod(0o755)
+    cluster.pgdata.chmod(0o755)
     cluster.ensure()
-    assert stat.S_IMODE(cluster.data_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE(cluster.pgdata.stat().st_mode) == 0o700
     assert not _reaches("nobody", cluster)
+
+
+def test_the_named_directory_itself_is_left_alone() -> None:
+    """CHANGEFEED_DATA_DIR may name a directory that holds other things: the cluster's
+    rights apply to its own subdirectory, not to it."""
+    directory = private_tempdir("changefeed-shared-")
+    (directory / "other.txt").write_text("not the cluster's")
+    pg = Cluster(directory)
+    try:
+        pg.ensure()
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o755
+        assert directory.stat().st_uid == 0
+    finally:
+        pg.stop("immediate")
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_a_running_cluster_on_a_long_path_is_adopted() -> None:
+    """With a path too long for a socket's, the socket lives in a temporary directory: a
+    run that finds the server still up (its predecessor was killed) must find it there."""
+    directory = private_tempdir("changefeed-long-")
+    deep = directory / ("d" * 60) / ("e" * 30)
+    first = Cluster(deep)
+    try:
+        first.ensure()
+        second = Cluster(deep)  # another process, starting while the server runs
+        second.ensure()
+        assert second.socket_dir == first.socket_dir
+    finally:
+        first.stop("immediate")
+        shutil.rmtree(directory, ignore_errors=True)

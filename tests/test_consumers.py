@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 
 import asyncpg
 import httpx
+import pytest
 
-from tests.support import publish, wait_for
+from tests.support import new_topic, publish, wait_for
 
 SEED = int(os.environ.get("CHANGEFEED_TEST_SEED", random.randrange(1 << 30)))
 
@@ -273,3 +274,30 @@ async def test_workers_killed_at_random_share_a_consumer_correctly(
     assert not missing, sorted(missing)[:10]
     assert not ledger.violations, ledger.violations[:10]
     assert ledger.confirmed == heads
+
+
+async def test_an_existing_consumer_changes_hands_only_in_one_statement(
+    module_database: str,
+) -> None:
+    """The owner check is part of the statement that changes or deletes a consumer, so no
+    concurrent request can pass a check and then change another subject's consumer."""
+    from service import database, leases
+    from service.topics import Selector
+
+    db = await database.create(module_database, min_size=1, max_size=2, timeout=10)
+    try:
+        name = new_topic("owned")
+        assert await leases.define(db, name, Selector(["a"]), 30, "earliest", "alice", False)
+        with pytest.raises(leases.NameTaken):
+            await leases.define(db, name, Selector(["b"]), 30, "earliest", "mallory", False)
+        with pytest.raises(leases.UnknownConsumer):
+            await leases.delete(db, name, "mallory", False)
+        found = await leases.find(db, name)
+        assert found is not None and found.owner == "alice" and found.selection == ["a"]
+        # A subject the consumer is granted to by name may change it; its owner stays.
+        assert not await leases.define(db, name, Selector(["c"]), 30, "earliest", "bob", True)
+        assert (await leases.find(db, name)) == leases.Found("alice", ["c"])
+        await leases.delete(db, name, "alice", False)
+        assert await leases.find(db, name) is None
+    finally:
+        await db.close()

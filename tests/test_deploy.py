@@ -54,7 +54,7 @@ def test_compose_waits_for_migrations_and_balances_replicas() -> None:
 
 def test_nginx_config_suits_event_streams() -> None:
     conf = (DEPLOY / "nginx" / "changefeed.conf").read_text()
-    found = re.search(r"(?ms)^    location ~ (\S+) \{\n(.*?)^    \}", conf)
+    found = re.search(r"(?ms)^    location ~ (\S*feeds\S*) \{\n(.*?)^    \}", conf)
     assert found is not None, "the long-response location was not found"
     regex, stream = re.compile(found[1]), found[2]
     assert "proxy_buffering off;" in stream
@@ -84,7 +84,7 @@ def test_nginx_config_suits_event_streams() -> None:
     assert log_format is not None
     assert "$request_uri" not in log_format[1] and "$args" not in log_format[1]
     assert "$request " not in log_format[1] and '$request"' not in log_format[1]
-    assert re.search(r"(?s)location = /metrics \{\s*deny all;", conf)
+    assert re.search(r"(?s)location ~ \^/metrics\(/\|\$\) \{\s*deny all;", conf)
 
 
 def test_dockerfile_runs_as_non_root() -> None:

@@ -43,6 +43,9 @@ DATA = [
     ("[" + ", ".join(["1e-16000"] * 5) + "]", False, "bytes as stored"),
     # 70 KB that would be 43 MB as stored: refused after counting the first few numbers.
     ("[" + ", ".join(["1e4299"] * 10_000) + "]", False, "is over"),
+    # A zero keeps the scale it was written with: 8 bytes written, 16,385 stored.
+    ('{"n": 0, "z": 0.0, "neg": -0, "e": 0e5, "small": 0e-3}', True, ""),
+    ("[" + ", ".join(["0e-16383"] * 5) + "]", False, "is over"),
     ('"' + "x" * 65534 + '"', True, ""),
     ('"' + "x" * 65535 + '"', False, "65537 bytes as stored"),
 ]
@@ -99,6 +102,11 @@ async def test_a_tiny_request_cannot_make_an_enormous_event(client: httpx.AsyncC
     detail = await publish(body)
     assert "is over" in detail and "bytes as stored" in detail
     assert int(detail.split("is over ")[1].split(" ")[0]) < 80_000
+    # Zeros with a scale: 630 KB that would be 1.1 GB as stored (PostgreSQL ran out of
+    # memory printing it before zeros were counted).
+    body = b'{"data": [' + b",".join([b"0e-16383"] * 70_000) + b"]}"
+    detail = await publish(body)
+    assert "is over" in detail and int(detail.split("is over ")[1].split(" ")[0]) < 90_000
 
 
 async def test_what_is_stored_counts_not_what_is_sent(

@@ -132,7 +132,7 @@ async def _raw(service: Service) -> tuple[asyncio.StreamReader, asyncio.StreamWr
 async def test_slow_clients_are_cut_off_and_others_still_served(service: Service) -> None:
     async def trickle_head() -> bytes:
         reader, writer = await _raw(service)
-        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
         with contextlib.suppress(ConnectionError):
             for i in range(40):  # 10 s of trickling unless the server ends it
                 writer.write(b"X-%d: y\r\n" % i)
@@ -147,7 +147,7 @@ async def test_slow_clients_are_cut_off_and_others_still_served(service: Service
     async def trickle_body() -> bytes:
         reader, writer = await _raw(service)
         writer.write(
-            b"POST /feeds/slow HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"POST /feeds/slow HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             b'Content-Length: 1000\r\n\r\n[{"data": '
         )
         await writer.drain()
@@ -168,7 +168,7 @@ async def test_slow_clients_are_cut_off_and_others_still_served(service: Service
 async def test_an_oversized_body_is_refused_before_it_is_sent(service: Service) -> None:
     reader, writer = await _raw(service)
     writer.write(
-        b"POST /feeds/big HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"POST /feeds/big HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         b"Content-Length: 100000000\r\n\r\n"
     )
     await writer.drain()
@@ -292,3 +292,33 @@ def test_publishing_any_body_is_stored_or_refused_with_a_400(
             "/feeds/fuzzed", content=body, headers={"content-type": "application/json"}
         )
     assert response.status_code in (202, 400), (body[:200], response.text[:300])
+
+
+async def test_other_sites_cannot_lease_or_reach_the_service_by_another_name(
+    service: Service,
+) -> None:
+    """Without authentication, an <img> on any page could lease a consumer's batch (a GET),
+    and DNS rebinding (a name of the attacker's that resolves to 127.0.0.1) would make the
+    attacker's page same-origin with a development server."""
+    name = new_topic("c")
+    async with httpx.AsyncClient(base_url=service.base_url, timeout=10) as http:
+        assert (await http.put(f"/consumers/{name}", json={"topics": ["x"]})).is_success
+        url = f"/consumers/{name}/events"
+        for site, status in [("cross-site", 403), ("same-site", 403), ("same-origin", 200)]:
+            response = await http.get(url, headers={"sec-fetch-site": site})
+            assert response.status_code == status, site
+        port = service.base_url.rsplit(":", 1)[1]
+        for host, status in [
+            (f"rebind.attacker.example:{port}", 421),
+            ("attacker.example", 421),
+            (f"localhost:{port}", 200),
+            (f"127.0.0.1:{port}", 200),
+            (f"[::1]:{port}", 200),
+        ]:
+            response = await http.get("/healthz", headers={"host": host})
+            assert response.status_code == status, host
+        refused = await http.post(
+            "/feeds/x", json={"data": 1}, headers={"host": "rebind.attacker.example"}
+        )
+        assert refused.status_code == 421
+        assert refused.json()["type"] == "urn:changefeed:problem:misdirected-request"

@@ -74,7 +74,8 @@ async def test_metrics_stay_private_and_tokens_stay_out_of_the_log(
     proxy: Nginx, service: Service
 ) -> None:
     async with httpx.AsyncClient(base_url=proxy.base_url, timeout=10) as http:
-        assert (await http.get("/metrics")).status_code == 403
+        for path in ("/metrics", "/metrics/", "/metrics//", "/metrics%2F"):
+            assert (await http.get(path)).status_code == 403, path
         secret = "eyJhbGciOiJIUzI1NiJ9.c2VjcmV0.c2lnbmF0dXJlLXNlY3JldA"
         topic = new_topic("logged")
         response = await http.get(f"/feeds/{topic}/events", params={"access_token": secret})

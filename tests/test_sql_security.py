@@ -262,6 +262,62 @@ async def test_capture_events_come_only_from_real_changes(
         await admin.close()
 
 
+async def test_a_role_with_the_trigger_privilege_cannot_forge_events(
+    roles: Roles, module_database: str
+) -> None:
+    """TRIGGER lets a role add triggers to a table it does not own. One that sorted
+    between the two capture triggers could rewrite the hand-over, and publish a row that
+    was never written, with columns the role may not even write."""
+    admin = await asyncpg.connect(module_database)
+    try:
+        table, topic = await _captured_table(admin, roles.writer)
+        schema = f"walt_{uuid.uuid4().hex[:8]}"
+        await admin.execute(f"CREATE SCHEMA {schema} AUTHORIZATION {roles.writer}")
+        await admin.execute(f"GRANT TRIGGER ON {table} TO {roles.writer}")
+        forged = [{"table": table, "op": "insert", "key": {"id": 7}, "new": {"id": 7, "v": "x"}}]
+        writer = await _as(module_database, roles.writer)
+        try:
+            await writer.execute(
+                f"""
+                CREATE FUNCTION {schema}.forge() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN
+                    PERFORM set_config('changefeed.capture', '{json.dumps(forged)}', true);
+                    RETURN NULL;
+                END $$;
+                """
+            )
+            # Every name that sorts after changefeed_capture, close to it.
+            for name in ("changefeed_capture_", "changefeed_capture_m", "changefeed_capturf"):
+                await writer.execute(
+                    f'CREATE TRIGGER "{name}" AFTER INSERT ON {table} FOR EACH ROW '
+                    f"EXECUTE FUNCTION {schema}.forge()"
+                )
+            await writer.execute(f"INSERT INTO {table} VALUES (8, 'mine')")
+        finally:
+            await writer.close()
+        assert [c["key"] for c in await _changes(admin, topic)] == [{"id": 8}]
+    finally:
+        await admin.close()
+
+
+async def test_table_names_in_events_are_quoted(module_database: str) -> None:
+    """`x.a`.`b` and `x`.`a.b` are two tables; unquoted, both were `x.a.b`, and events of
+    one could pass for the other's (compaction keys on the name)."""
+    admin = await asyncpg.connect(module_database)
+    try:
+        suffix = uuid.uuid4().hex[:6]
+        topic = new_topic("quoted")
+        await admin.execute(f'CREATE SCHEMA "x{suffix}.a"; CREATE SCHEMA "x{suffix}"')
+        for table in (f'"x{suffix}.a".b', f'"x{suffix}"."a.b"'):
+            await admin.execute(f"CREATE TABLE {table} (id int PRIMARY KEY)")
+            await admin.fetchval("SELECT changefeed.capture($1::regclass, $2)", table, topic)
+            await admin.execute(f"INSERT INTO {table} VALUES (1)")
+        names = [c["table"] for c in await _changes(admin, topic)]
+        assert names == [f'"x{suffix}.a".b', f'x{suffix}."a.b"']
+    finally:
+        await admin.close()
+
+
 async def test_functions_planted_in_public_never_run_in_the_services_sessions(
     roles: Roles, module_database: str, service: Service
 ) -> None:

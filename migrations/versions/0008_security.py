@@ -62,12 +62,14 @@ RETURN {{limit}};
 # printing it:
 # - a container at level 64 means more than 64 levels of nesting;
 # - numbers far from 1 print much longer than they may have been written (`1e300` is
-#   stored as a 301-digit integer; `1e131071` as 131,072 digits): "outsized" numbers are
-#   counted one by one before the whole value is printed, so that a small request can never
-#   make PostgreSQL print an enormous one just to find out that it is too large. Between
-#   1e-20 and 1e20 a number prints at most 21 characters more than it was written.
+#   stored as a 301-digit integer; `1e131071` as 131,072 digits; `0e-16383` as 16,385
+#   characters, since a zero keeps the scale it was written with): "outsized" numbers,
+#   zeros among them, are printed one by one and counted before the whole value is, so
+#   that a small request can never make PostgreSQL print an enormous one just to find out
+#   that it is too large. A nonzero number between 1e-20 and 1e20 prints at most 21
+#   characters more than it was written.
 TOO_DEEP = """'strict $.**{64} ? (@.type() == "object" || @.type() == "array")'"""
-OUTSIZED = """'strict $.** ? (@.abs() >= 1e20 || (@.abs() < 1e-20 && @ != 0))'"""
+OUTSIZED = """'strict $.** ? (@.abs() >= 1e20 || @.abs() < 1e-20)'"""
 UNDECODABLE = """'strict $.** ? (@.abs() >= 1e4300)'"""
 
 # The exact decision, and the error saying what is wrong, for what event_ok() cannot pass
@@ -81,7 +83,7 @@ DECLARE
     max_bytes integer := {SCHEMA}.max_event_bytes();
     what text := CASE
         WHEN jsonb_typeof(data) = 'object' AND data ? 'table' AND data ? 'op'
-        THEN format('the %s event of %s', data ->> 'op', data ->> 'table')
+        THEN format('the %s event of %s', left(data ->> 'op', 20), left(data ->> 'table', 130))
         ELSE format('an event of topic %s', topic) END;
     outsized jsonb;
     total bigint := 0;
@@ -138,6 +140,11 @@ CREATE OR REPLACE FUNCTION {SCHEMA}.event_ok(topic text, type text, event_id tex
 RETURNS boolean
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $fn$
+DECLARE
+    max_bytes pg_catalog.int4 := {SCHEMA}.max_event_bytes();
+    outsized pg_catalog.jsonb;
+    number pg_catalog.jsonb;
+    total pg_catalog.int8 := 0;
 BEGIN
     IF topic IS NULL OR pg_catalog.length(topic) OPERATOR(pg_catalog.>) 200
        OR topic OPERATOR(pg_catalog.!~) '^[A-Za-z0-9._:-]+$' THEN
@@ -163,13 +170,35 @@ BEGIN
                   HINT = 'An id is 1 to 200 characters, without control characters or '
                          'line separators.';
     END IF;
-    IF NOT (data OPERATOR(pg_catalog.@?) {TOO_DEEP}::pg_catalog.jsonpath)
-       AND NOT (data OPERATOR(pg_catalog.@?) {OUTSIZED}::pg_catalog.jsonpath)
-       AND pg_catalog.octet_length(data::pg_catalog.text)
-           OPERATOR(pg_catalog.<=) {SCHEMA}.max_event_bytes() THEN
-        RETURN true;
+    IF data OPERATOR(pg_catalog.@?) {TOO_DEEP}::pg_catalog.jsonpath THEN
+        RETURN {SCHEMA}.check_event_data(topic, data);  -- raises, saying so
     END IF;
-    RETURN {SCHEMA}.check_event_data(topic, data);
+    IF data OPERATOR(pg_catalog.@?) {OUTSIZED}::pg_catalog.jsonpath THEN
+        IF data OPERATOR(pg_catalog.@?) {UNDECODABLE}::pg_catalog.jsonpath THEN
+            RETURN {SCHEMA}.check_event_data(topic, data);
+        END IF;
+        outsized := pg_catalog.jsonb_path_query_array(data, {OUTSIZED}::pg_catalog.jsonpath);
+        -- A number below 1e4300 prints in at most 20,700 characters: when so few are
+        -- outsized that even that many could not pass the limit, print them at once (a
+        -- zero or two, usually); else one by one, stopping past the limit.
+        IF pg_catalog.jsonb_array_length(outsized) OPERATOR(pg_catalog.*) 20700
+           OPERATOR(pg_catalog.<=) max_bytes THEN
+            total := pg_catalog.octet_length(outsized::pg_catalog.text);
+        ELSE
+            FOR number IN SELECT pg_catalog.jsonb_array_elements(outsized) LOOP
+                total := total OPERATOR(pg_catalog.+)
+                         pg_catalog.octet_length(number::pg_catalog.text);
+                EXIT WHEN total OPERATOR(pg_catalog.>) max_bytes;
+            END LOOP;
+        END IF;
+        IF total OPERATOR(pg_catalog.>) max_bytes THEN
+            RETURN {SCHEMA}.check_event_data(topic, data);
+        END IF;
+    END IF;
+    IF pg_catalog.octet_length(data::pg_catalog.text) OPERATOR(pg_catalog.>) max_bytes THEN
+        RETURN {SCHEMA}.check_event_data(topic, data);
+    END IF;
+    RETURN true;
 END
 $fn$;
 """
@@ -199,16 +228,18 @@ $fn$;
 #    types and any cast to json their owners created; as owner code, that handed the
 #    schema owner's rights (a superuser, embedded) to anyone who may create a type and a
 #    table. It leaves the finished change(s) in a transaction-local setting.
-# 2. changefeed_capture_publish -> capture_publish(), SECURITY DEFINER: takes them, checks
+# 2. changefeed_capture<U+0001> -> capture_publish(), SECURITY DEFINER: takes them, checks
 #    that they describe this table and this kind of change, and writes the inbox (which
 #    the writer may not). A trigger function cannot be called directly, so the only way to
 #    reach it is a real change of a captured table; the topic is its trigger argument,
-#    fixed when the capture was declared. The setting is any session's to write, but the
-#    writer's session runs nothing between the two triggers (only the table's owner could
-#    add a trigger there, and the owner decides what its table publishes anyway), so what
-#    arrives is what capture_row() computed for this row. capture_publish() empties the
-#    setting, so that a row whose first trigger did not run fails loudly instead of
-#    publishing the previous row's change.
+#    fixed when the capture was declared. The setting is any session's to write, but
+#    nothing runs between the two triggers: the second one's name is the first's followed
+#    by U+0001, so no trigger name sorts between them (names compare byte by byte), and a
+#    role with the TRIGGER privilege on the table, which may add triggers without owning
+#    it, cannot slip one in to rewrite the setting. What arrives is what capture_row()
+#    computed for this row. capture_publish() empties the setting, so that a row whose
+#    first trigger did not run fails loudly instead of publishing the previous row's
+#    change.
 CAPTURE_ROW = f"""
 CREATE OR REPLACE FUNCTION {SCHEMA}.capture_row() RETURNS trigger
 LANGUAGE plpgsql
@@ -220,7 +251,7 @@ DECLARE
     row_old jsonb;
     key_new jsonb;
     key_old jsonb;
-    table_name text := format('%s.%s', TG_TABLE_SCHEMA, TG_TABLE_NAME);
+    table_name text := format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME);
     changes jsonb;
 BEGIN
     IF TG_OP <> 'DELETE' THEN
@@ -261,7 +292,7 @@ SET search_path = {PINNED}
 AS $fn$
 DECLARE
     pending text := current_setting('changefeed.capture', true);
-    table_name text := format('%s.%s', TG_TABLE_SCHEMA, TG_TABLE_NAME);
+    table_name text := format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME);
     changes jsonb;
     ops text;
     -- What the change of this row may be (a key-changing update is a delete and an insert).
@@ -273,8 +304,8 @@ BEGIN
     IF pending IS NULL OR pending = '' THEN
         RAISE EXCEPTION 'changefeed capture of %: the row was not serialised', table_name
             USING ERRCODE = '55000',
-                  HINT = 'The trigger changefeed_capture must fire just before '
-                         'changefeed_capture_publish: declare the capture again.';
+                  HINT = 'The trigger changefeed_capture must fire just before the one that '
+                         'publishes: declare the capture again.';
     END IF;
     changes := pending::jsonb;
     ops := (changes -> 0 ->> 'op') || coalesce(',' || (changes -> 1 ->> 'op'), '');
@@ -285,8 +316,8 @@ BEGIN
         RAISE EXCEPTION 'changefeed capture of %: the serialised change does not match the '
                         'row''s %', table_name, lower(TG_OP)
             USING ERRCODE = '55000',
-                  HINT = 'Another trigger ran between changefeed_capture and '
-                         'changefeed_capture_publish: declare the capture again.';
+                  HINT = 'Another trigger ran between changefeed_capture and the one that '
+                         'publishes: declare the capture again.';
     END IF;
     IF jsonb_array_length(changes) = 1 THEN
         INSERT INTO inbox (topic, type, data) VALUES (TG_ARGV[0], ops, changes -> 0);
@@ -308,7 +339,7 @@ AS $fn$
 BEGIN
     INSERT INTO inbox (topic, type, data)
     VALUES (TG_ARGV[0], 'truncate', jsonb_build_object(
-        'table', format('%s.%s', TG_TABLE_SCHEMA, TG_TABLE_NAME), 'op', 'truncate'));
+        'table', format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME), 'op', 'truncate'));
     RETURN NULL;
 END
 $fn$;
@@ -346,9 +377,9 @@ BEGIN
         capture.target,
         (SELECT string_agg(quote_literal(v), ', ') FROM unnest(key_columns) AS v));
     EXECUTE format(
-        'CREATE TRIGGER changefeed_capture_publish AFTER INSERT OR UPDATE OR DELETE ON %s '
+        'CREATE TRIGGER %I AFTER INSERT OR UPDATE OR DELETE ON %s '
         'FOR EACH ROW EXECUTE FUNCTION {SCHEMA}.capture_publish(%L)',
-        capture.target, chosen);
+        'changefeed_capture' || chr(1), capture.target, chosen);
     EXECUTE format(
         'CREATE TRIGGER changefeed_capture_truncate AFTER TRUNCATE ON %s '
         'FOR EACH STATEMENT EXECUTE FUNCTION {SCHEMA}.capture_truncate(%L)',
@@ -369,7 +400,7 @@ SET client_min_messages = warning  -- not a notice per trigger that was not ther
 AS $fn$
 BEGIN
     EXECUTE format('DROP TRIGGER IF EXISTS changefeed_capture ON %s', target);
-    EXECUTE format('DROP TRIGGER IF EXISTS changefeed_capture_publish ON %s', target);
+    EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', 'changefeed_capture' || chr(1), target);
     EXECUTE format('DROP TRIGGER IF EXISTS changefeed_capture_truncate ON %s', target);
     DELETE FROM captures WHERE table_name = qualified_name(target);
     RETURN FOUND;
@@ -521,8 +552,8 @@ def downgrade() -> None:
         BEGIN
             FOR declared IN SELECT to_regclass(table_name) AS target FROM {SCHEMA}.captures LOOP
                 IF declared.target IS NOT NULL THEN
-                    EXECUTE format('DROP TRIGGER IF EXISTS changefeed_capture_publish ON %s',
-                                   declared.target);
+                    EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s',
+                                   'changefeed_capture' || chr(1), declared.target);
                 END IF;
             END LOOP;
         END
