@@ -23,8 +23,8 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from service import migrate
-from service.cluster import Cluster, free_port
+from changefeed.ops import migrate
+from changefeed.ops.cluster import Cluster, free_port
 from tests.support import REPO, Service, create_database, private_tempdir
 
 
@@ -76,7 +76,7 @@ async def main() -> None:
         env["CHANGEFEED_DATABASE_URL"] = url
         started = time.perf_counter()
         result = subprocess.run(
-            [sys.executable, "-m", "service", "verify", "audit"],
+            [sys.executable, "-m", "changefeed", "verify", "audit"],
             cwd=REPO,
             env=env,
             capture_output=True,

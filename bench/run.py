@@ -40,8 +40,8 @@ import asyncpg
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from service import migrate  # noqa: E402
-from service.cluster import Cluster, free_port  # noqa: E402
+from changefeed import migrate  # noqa: E402
+from changefeed.ops.cluster import Cluster, free_port  # noqa: E402
 from tests.support import Service, create_database, private_tempdir  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -208,7 +208,7 @@ def granian_target(url: str) -> tuple[Target, subprocess.Popen[bytes]] | None:
             "--interface",
             "asgi",
             "--factory",
-            "service.asgi:app",
+            "changefeed.ops.asgi:app",
             "--host",
             "127.0.0.1",
             "--port",

@@ -27,8 +27,8 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from service import migrate
-from service.cluster import Cluster, free_port
+from changefeed.ops import migrate
+from changefeed.ops.cluster import Cluster, free_port
 from tests.support import create_database, private_tempdir
 
 DATA = '{"id": %d, "name": "customer %d", "amount": %d.5, "tags": ["a", "b"]}'

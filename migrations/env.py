@@ -13,7 +13,7 @@ from alembic import context
 from sqlalchemy import Connection, pool, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from service import database, schema
+from changefeed.core import database, schema
 
 config = context.config
 

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import httpx
 from httpx_sse import aconnect_sse
 
-from service import logs
+from . import logs
 
 log = logs.get(__name__)
 

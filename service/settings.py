@@ -124,6 +124,11 @@ class Settings(BaseSettings):
         return ["*"]
 
     @property
+    def max_event_bytes_if_set(self) -> int | None:
+        """CHANGEFEED_MAX_EVENT_BYTES if it was set; unset, the database keeps its limit."""
+        return self.max_event_bytes if "max_event_bytes" in self.model_fields_set else None
+
+    @property
     def cors_origin_list(self) -> list[str]:
         """CHANGEFEED_CORS_ORIGINS as a list."""
         return [o.strip() for o in self.cors_origins.split(",") if o.strip()]

@@ -12,8 +12,8 @@ import asyncpg
 import httpx
 import pytest
 
-from service import migrate
-from service.cluster import Cluster, free_port
+from changefeed.ops import migrate
+from changefeed.ops.cluster import Cluster, free_port
 from tests.support import Service, create_database, private_tempdir, url_with_database
 
 TEMPLATE = "cf_template"

@@ -23,7 +23,7 @@ import asyncpg
 import httpx
 from httpx_sse import ServerSentEvent, aconnect_sse
 
-from service.cluster import free_port
+from changefeed.ops.cluster import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -87,7 +87,7 @@ class Service:
         self.log_path = Path(tempfile.mkstemp(prefix="changefeed-", suffix=".log")[1])
         log = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "service", "serve", "--port", str(self.port), *self.args],
+            [sys.executable, "-m", "changefeed", "serve", "--port", str(self.port), *self.args],
             cwd=REPO,
             env=env,
             stdout=log,
@@ -425,7 +425,7 @@ def changefeed(
     """Run the ``changefeed`` command with only the given CHANGEFEED_* variables."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("CHANGEFEED_")}
     return subprocess.run(
-        [sys.executable, "-m", "service", *args],
+        [sys.executable, "-m", "changefeed", *args],
         cwd=REPO,
         env={**clean, **(env or {})},
         input=stdin,

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from httpx_sse import aconnect_sse
 
-from service import migrate
+from changefeed.ops import migrate
 from tests.support import (
     SSE,
     Service,

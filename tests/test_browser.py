@@ -18,7 +18,7 @@ import asyncpg
 import httpx
 import pytest
 
-from service.cluster import free_port
+from changefeed.ops.cluster import free_port
 from tests.support import Service, new_topic, private_tempdir
 
 CHROMIUM = next(

@@ -18,8 +18,8 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Connection, pool
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from service import schema
-from service.cluster import Cluster
+from changefeed.core import schema
+from changefeed.ops.cluster import Cluster
 from tests.support import (
     REPO,
     Service,
@@ -46,7 +46,7 @@ async def test_concurrent_migrations_are_safe_and_idempotent(admin_url: str) -> 
         await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "service",
+            "changefeed",
             "migrate",
             cwd=REPO,
             env={**clean, **env},

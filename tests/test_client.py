@@ -12,7 +12,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 
-from service.client import Client, ClientError, FileCheckpoint, TableCheckpoint
+from changefeed.client import Client, ClientError, FileCheckpoint, TableCheckpoint
 from tests.support import Service, changefeed, new_topic, publish, subscribe
 
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from service.cluster import Cluster
+from changefeed.ops.cluster import Cluster
 from tests.support import private_tempdir
 
 # Any Python that every user may run (a virtual environment may live under /root).

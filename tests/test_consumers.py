@@ -281,8 +281,8 @@ async def test_an_existing_consumer_changes_hands_only_in_one_statement(
 ) -> None:
     """The owner check is part of the statement that changes or deletes a consumer, so no
     concurrent request can pass a check and then change another subject's consumer."""
-    from service import database, leases
-    from service.topics import Selector
+    from changefeed.core import database, leases
+    from changefeed.core.topics import Selector
 
     db = await database.create(module_database, min_size=1, max_size=2, timeout=10)
     try:

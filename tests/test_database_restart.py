@@ -8,7 +8,7 @@ import asyncio
 import httpx
 import pytest
 
-from service.cluster import Cluster
+from changefeed.ops.cluster import Cluster
 from tests.support import Service, create_database, new_topic, seq, subscribe, wait_for
 
 

@@ -6,7 +6,7 @@ import asyncio
 
 import httpx
 
-from service.cluster import SUPERUSER, Cluster
+from changefeed.ops.cluster import SUPERUSER, Cluster
 from tests.support import (
     BlackholeProxy,
     Service,

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service import migrate
-from service.topics import EVENT_ID, TYPE
+from changefeed.core.topics import EVENT_ID, TYPE
+from changefeed.ops import migrate
 from tests.support import changefeed, create_database, new_topic
 
 PROBLEM = "application/problem+json"

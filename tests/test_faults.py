@@ -24,7 +24,7 @@ import httpx
 import pytest
 from httpx_sse import aconnect_sse
 
-from service.cluster import Cluster
+from changefeed.ops.cluster import Cluster
 from tests.support import Nginx, Service, create_database, metrics, new_topic, wait_for
 
 SECONDS = float(os.environ.get("CHANGEFEED_TEST_FAULT_SECONDS", "30"))

@@ -17,8 +17,8 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.auth import covers
-from service.topics import InvalidInput, Selector, glob_match, parse_resume
+from changefeed.core.auth import covers
+from changefeed.core.topics import InvalidInput, Selector, glob_match, parse_resume
 from tests.support import Service, new_topic
 
 # Streams never end, so schemathesis (which reads whole responses) skips them; the stream

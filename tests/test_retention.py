@@ -14,7 +14,7 @@ import httpx
 import pytest
 from httpx_sse import aconnect_sse
 
-from service.schema import SEQUENCE_LOCK
+from changefeed.core.schema import SEQUENCE_LOCK
 from tests.support import (
     SSE,
     Service,

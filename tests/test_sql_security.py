@@ -19,7 +19,7 @@ import asyncpg
 import httpx
 import pytest
 
-from service import migrate
+from changefeed.ops import migrate
 from tests.support import (
     Service,
     create_database,

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects.postgresql import JSONB
 
-from service.schema import (
+from changefeed.core.schema import (
     EVENTS_CHANNEL,
     SCHEMA,
     SEQUENCE_LOCK,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from service.schema import SCHEMA, TOPIC_PATTERN
+from changefeed.core.schema import SCHEMA, TOPIC_PATTERN
 
 revision = "0002"
 down_revision = "0001"

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects.postgresql import UUID
 
-from service.schema import SCHEMA, TOPIC_PATTERN
+from changefeed.core.schema import SCHEMA, TOPIC_PATTERN
 
 revision = "0003"
 down_revision = "0002"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from service.schema import EVENTS_CHANNEL, SCHEMA, SEQUENCE_LOCK
+from changefeed.core.schema import EVENTS_CHANNEL, SCHEMA, SEQUENCE_LOCK
 
 revision = "0004"
 down_revision = "0003"

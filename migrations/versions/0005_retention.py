@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects.postgresql import JSONB
 
-from service.schema import PATTERN_PATTERN, RETENTION_LOCK, SCHEMA
+from changefeed.core.schema import PATTERN_PATTERN, RETENTION_LOCK, SCHEMA
 
 revision = "0005"
 down_revision = "0004"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from alembic import op
 
-from service.schema import PRODUCER_ROLE, SCHEMA
+from changefeed.core.schema import PRODUCER_ROLE, SCHEMA
 
 revision = "0006"
 down_revision = "0005"

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from alembic import op
 
-from service.schema import EVENTS_CHANNEL, SCHEMA, SEQUENCE_LOCK
+from changefeed.core.schema import EVENTS_CHANNEL, SCHEMA, SEQUENCE_LOCK
 
 revision = "0007"
 down_revision = "0006"

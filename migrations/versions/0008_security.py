@@ -30,7 +30,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from service.schema import SCHEMA, TEXT_FORBIDDEN_SQL
+from changefeed.core.schema import SCHEMA, TEXT_FORBIDDEN_SQL
 
 revision = "0008"
 down_revision = "0007"

@@ -1,0 +1,222 @@
+"""Reading the events table: heads, low-water marks and pages, in seq or global order."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import asyncpg
+
+from .database import Database
+from .schema import SCHEMA
+from .topics import Selector
+
+_HEAD = f"SELECT head FROM {SCHEMA}.topics WHERE topic = $1"
+_MARKS = f"SELECT head, first_seq, compacted FROM {SCHEMA}.topics WHERE topic = $1"
+# What the topic holds at a resume point: the event's hash, or at the seq just before the
+# low-water mark the hash retention kept of the last removed event.
+_RESUME = f"""
+SELECT t.head, t.first_seq, t.compacted,
+       left(encode(CASE WHEN $2 = t.first_seq - 1 THEN t.tail_hash
+                        ELSE (SELECT e.hash FROM {SCHEMA}.events e
+                              WHERE e.topic = $1 AND e.seq = $2) END, 'hex'), 8) AS hash
+FROM {SCHEMA}.topics t WHERE t.topic = $1
+"""
+_HEADS = f"SELECT topic, head FROM {SCHEMA}.topics WHERE topic = ANY($1::text[])"
+# data::text hands the stored JSON through untouched: it is never decoded on the way out.
+_PAGE = f"""
+SELECT seq, type, data::text AS data, event_id, time, published_at, encode(hash, 'hex') AS hash
+FROM {SCHEMA}.events
+WHERE topic = $1 AND seq > $2
+ORDER BY seq
+LIMIT $3
+"""
+
+# The same page as SSE frames, built by PostgreSQL (see frames.py for the format): a
+# stream's catch-up and the fan-out's reads then decode one value per page instead of a
+# record per event (measured: that was most of the Python side's CPU in a replay). The
+# fan-out also takes each event's publish time, for the delivery latency metric.
+_FRAMES = """
+SELECT min(p.seq) AS first, max(p.seq) AS last, count(*)::int AS count,
+       convert_to(string_agg(
+           'id: ' || p.seq || coalesce('.' || left(encode(p.hash, 'hex'), 8), '')
+           || E'\\nevent: ' || p.type || E'\\ndata: ' || p.data::text || E'\\n\\n',
+           '' ORDER BY p.seq), 'UTF8') AS data,
+       {published} AS published
+FROM (
+    SELECT seq, type, data, hash, published_at FROM {schema}.events
+    WHERE topic = $1 AND seq > $2
+    ORDER BY seq
+    LIMIT $3
+) p
+"""
+_FRAMES_UNTIMED = _FRAMES.format(published="NULL::float8[]", schema=SCHEMA)
+_FRAMES_TIMED = _FRAMES.format(
+    published="array_agg(extract(epoch FROM p.published_at)::float8 ORDER BY p.seq)",
+    schema=SCHEMA,
+)
+
+_GLOBAL_HEAD = f"SELECT position FROM {SCHEMA}.sequencer"
+# Events of several topics in global order. Each read scans at most $5 positions, so that a
+# sparse selection never turns one page into a scan of the whole table; it also returns the
+# head in the same snapshot, which tells how far the scan got when fewer events matched,
+# and the selected topics from which retention removed events after position $1 (`lost`:
+# topic -> first seq still held), which a reader could not otherwise tell from a quiet topic.
+_GLOBAL_PAGE = f"""
+WITH head AS (SELECT position AS head FROM {SCHEMA}.sequencer),
+lost AS (
+    SELECT jsonb_object_agg(t.topic, t.first_seq)::text AS lost
+    FROM {SCHEMA}.topics t
+    WHERE t.tail_position > $1 AND NOT t.compacted
+      AND ($2::text[] IS NULL OR t.topic = ANY($2::text[]) OR t.topic LIKE ANY($3::text[]))
+)
+SELECT head.head, lost.lost, e.position, e.topic, e.seq, e.type, e.data, e.published_at
+FROM head CROSS JOIN lost
+LEFT JOIN LATERAL (
+    SELECT position, topic, seq, type, data::text AS data, published_at
+    FROM {SCHEMA}.events
+    WHERE position > $1 AND position <= $1 + $5
+      AND ($2::text[] IS NULL OR topic = ANY($2::text[]) OR topic LIKE ANY($3::text[]))
+    ORDER BY position
+    LIMIT $4
+) e ON true
+ORDER BY e.position
+"""
+
+Executor = Database | asyncpg.Connection
+
+
+class AfterHead(Exception):
+    """A requested starting seq is beyond the topic's head."""
+
+    def __init__(self, after: int, head: int) -> None:
+        super().__init__(after, head)
+        self.after = after
+        self.head = head
+
+
+class Trimmed(Exception):
+    """Retention removed events after the requested starting seq."""
+
+    def __init__(self, after: int, first_seq: int) -> None:
+        super().__init__(after, first_seq)
+        self.after = after
+        self.first_seq = first_seq
+
+
+async def head(db: Executor, topic: str) -> int:
+    """The topic's last seq; 0 for a topic with no events yet."""
+    value: int | None = await db.fetchval(_HEAD, topic)
+    return value or 0
+
+
+class Marks(NamedTuple):
+    """Where a topic's history starts and ends."""
+
+    head: int
+    # The low-water mark: retention removed (or compacted) every event before this seq; the
+    # hash chain is checked from here.
+    first_seq: int
+    # Below first_seq the topic holds a snapshot, the latest event per key: a reader that
+    # resumes there misses superseded events only, and is not told of a gap.
+    compacted: bool
+
+    def cut(self, after: int, *, earliest: bool = True) -> bool:
+        """Whether retention removed events that a reader who has seen up to ``after`` is
+        owed (``after=0`` asks for the earliest held, unless ``earliest`` is False)."""
+        if self.compacted or (after == 0 and earliest):
+            return False
+        return after < self.first_seq - 1
+
+
+async def marks(db: Executor, topic: str) -> Marks:
+    """The topic's head and low-water mark."""
+    row = await db.fetchrow(_MARKS, topic)
+    return Marks(row["head"], row["first_seq"], row["compacted"]) if row else Marks(0, 1, False)
+
+
+async def resume_point(db: Executor, topic: str, seq: int) -> tuple[Marks, str | None]:
+    """The topic's marks, and the first 8 hex digits of the chain hash of the event at
+    ``seq`` (None if the topic holds none there)."""
+    row = await db.fetchrow(_RESUME, topic, seq)
+    if row is None:
+        return Marks(0, 1, False), None
+    return Marks(row["head"], row["first_seq"], row["compacted"]), row["hash"]
+
+
+async def topics(db: Executor, limit: int) -> list[asyncpg.Record]:
+    """Topics with events, by name: head and low-water mark."""
+    rows: list[asyncpg.Record] = await db.fetch(
+        f"SELECT topic, head, first_seq FROM {SCHEMA}.topics ORDER BY topic LIMIT $1", limit
+    )
+    return rows
+
+
+async def heads(db: Executor, topics: list[str]) -> dict[str, int]:
+    """Heads of several topics at once; topics without events are left out."""
+    rows = await db.fetch(_HEADS, topics)
+    return {row["topic"]: row["head"] for row in rows}
+
+
+async def page(db: Executor, topic: str, after: int, limit: int) -> list[asyncpg.Record]:
+    """Up to ``limit`` events of ``topic`` with seq > ``after``, in seq order."""
+    rows: list[asyncpg.Record] = await db.fetch(_PAGE, topic, after, limit)
+    return rows
+
+
+@dataclass(frozen=True, slots=True)
+class Frames:
+    """A page of one topic as SSE frames: the seqs it holds (0 when empty), its bytes, and
+    when each event was published (Unix time, for the delivery latency metric)."""
+
+    first: int
+    last: int
+    count: int
+    data: bytes
+    published: list[float]
+
+
+async def frames_page(
+    db: Executor, topic: str, after: int, limit: int, *, timed: bool = False
+) -> Frames:
+    """Up to ``limit`` events of ``topic`` with seq > ``after`` as SSE frames, in seq order;
+    ``timed``: with their publish times (else ``published`` is empty)."""
+    row = await db.fetchrow(_FRAMES_TIMED if timed else _FRAMES_UNTIMED, topic, after, limit)
+    assert row is not None
+    if not row["count"]:
+        return Frames(0, 0, 0, b"", [])
+    published = row["published"] or []
+    return Frames(row["first"], row["last"], row["count"], row["data"], published)
+
+
+async def global_head(db: Executor) -> int:
+    """The last global position handed out (0 before the first event)."""
+    value: int = await db.fetchval(_GLOBAL_HEAD)
+    return value
+
+
+class GlobalPage(NamedTuple):
+    """A read in global order: the events, the position it covered up to, and the selected
+    topics that retention cut after the starting position (topic -> first seq held)."""
+
+    rows: list[asyncpg.Record]
+    covered: int
+    lost: dict[str, int]
+
+
+async def global_page(
+    db: Executor, selector: Selector | None, after: int, limit: int
+) -> GlobalPage:
+    """Events with position > ``after`` (of the selected topics; all when None), in global
+    order."""
+    window = limit * 10
+    topics = None if selector is None else selector.topics
+    patterns = [] if selector is None else selector.like_patterns
+    rows = await db.fetch(_GLOBAL_PAGE, after, topics, patterns, limit, window)
+    head: int = rows[0]["head"] if rows else after
+    lost = json.loads(rows[0]["lost"]) if rows and rows[0]["lost"] else {}
+    found = [r for r in rows if r["position"] is not None]
+    if len(found) >= limit:
+        return GlobalPage(found, found[-1]["position"], lost)
+    return GlobalPage(found, min(head, after + window), lost)

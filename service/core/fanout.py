@@ -1,0 +1,423 @@
+"""Replica fan-out: one table read per changed topic, the same bytes to every subscriber.
+
+The hub keeps a ``Feed`` per topic that has subscribers on this replica. When a notification
+says a topic moved (or a periodic check finds it did), the hub reads the new events once,
+encodes them once, and offers that one ``Batch`` to each subscriber's bounded queue.
+Notifications are hints: the feed only reads what the table holds after its own position.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import asyncpg
+
+from .. import logs
+from . import events, frames, metrics
+from .database import UNAVAILABLE, Database
+from .limits import Limited
+from .topics import Selector
+
+log = logs.get(__name__)
+
+
+# The key of the feed that reads every topic in global order, for multi-topic streams.
+# Not a valid topic name, so it cannot collide with one.
+GLOBAL = "*"
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """What a feed read covers, ``first``..``last`` (seqs of one topic, or global positions),
+    and the ``count`` events of it that a subscriber gets, already encoded as SSE frames."""
+
+    first: int
+    last: int
+    data: bytes
+    count: int
+
+
+class Subscription:
+    """One stream's place in the fan-out: a bounded queue of batches and a wake-up."""
+
+    __slots__ = (
+        "_batches",
+        "_bytes",
+        "_limit",
+        "_loop",
+        "_pending",
+        "_waiter",
+        "closed",
+        "direct",
+        "feed",
+        "keepalive_due",
+        "last",
+        "overflowed",
+        "selector",
+        "subject",
+    )
+
+    def __init__(
+        self, feed: Feed, limit: int, selector: Selector | None = None, subject: str = ""
+    ) -> None:
+        self.feed = feed
+        # Who opened it, for the per-subject stream limit.
+        self.subject = subject
+        # For a multi-topic stream: which of the global feed's events it takes.
+        self.selector = selector
+        self._limit = limit
+        # A list, not a deque: an empty deque takes 624 bytes, and there is one per stream.
+        self._batches: list[Batch] = []
+        self._bytes = 0
+        # A bare future while the stream waits, rather than an asyncio.Event: this wake-up
+        # happens once per subscriber per batch, the hottest path of a replica (measured).
+        self._loop = asyncio.get_running_loop()
+        self._waiter: asyncio.Future[None] | None = None
+        self._pending = False
+        self.overflowed = False
+        self.keepalive_due = False
+        self.closed = False
+        # The stream's position while its task is parked in wait() (the task owns it
+        # otherwise), and a way to write to its connection without waking the task.
+        self.last = 0
+        self.direct: Callable[[bytes], bool] | None = None
+
+    def offer(self, batch: Batch) -> None:
+        """Hand a batch to the stream: written at once when the stream is parked, caught up
+        and its connection writable; else queued, and past the limit everything queued is
+        dropped and the overflow flagged (the stream then reads the table)."""
+        if batch.first == self.last + 1 and self.write_parked(batch.data):
+            self.last = batch.last
+            metrics.delivered.inc(batch.count)
+            metrics.direct_writes.inc()
+            return
+        if not self.overflowed:
+            if self._bytes + len(batch.data) > self._limit:
+                # The stream will page from the table from its last delivered seq instead.
+                self._batches.clear()
+                self._bytes = 0
+                self.overflowed = True
+                metrics.fallbacks.inc()
+            else:
+                self._batches.append(batch)
+                self._bytes += len(batch.data)
+        self.poke()
+
+    def write_parked(self, data: bytes) -> bool:
+        """Write ``data`` to the connection if the stream's task is parked with nothing
+        pending (so that no write of its own can interleave); False if it was not. Empty
+        data writes nothing (an empty chunk would end the response) but counts as done."""
+        return (
+            self.direct is not None
+            and self._waiter is not None
+            and not self._pending
+            and not self.closed
+            and (not data or self.direct(data))
+        )
+
+    def take(self) -> tuple[list[Batch], bool]:
+        """Everything queued so far, and whether batches were dropped since the last take."""
+        self._pending = False
+        batches = self._batches
+        overflowed = self.overflowed
+        self._batches = []
+        self._bytes = 0
+        self.overflowed = False
+        return batches, overflowed
+
+    async def wait(self) -> None:
+        """Until a batch, a keep-alive tick or the hub's shutdown (at once if one came
+        since the last take)."""
+        if self._pending:
+            return
+        self._waiter = self._loop.create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    def close(self) -> None:
+        """End the stream (its frames stop at their next step)."""
+        self.closed = True
+        self.poke()
+
+    def poke(self) -> None:
+        """Wake the stream."""
+        self._pending = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+class Feed:
+    """One topic fanned out by this replica."""
+
+    __slots__ = ("fetched", "known", "subscribers", "topic")
+
+    def __init__(self, topic: str) -> None:
+        # A topic, or GLOBAL for the feed of all topics by global position.
+        self.topic = topic
+        self.subscribers: set[Subscription] = set()
+        # The last seq read from the table and offered; None until the first head read.
+        self.fetched: int | None = None
+        # The highest head any hint or check reported.
+        self.known = 0
+
+
+class Hub:
+    """All feeds of this replica, the task that refreshes them and the keep-alive ticker."""
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        page_size: int,
+        buffer_bytes: int,
+        keepalive_seconds: float,
+        recheck_seconds: float,
+        max_streams_per_subject: int = 1_000_000,
+    ) -> None:
+        self._db = db
+        self._page_size = page_size
+        self._buffer_bytes = buffer_bytes
+        self._keepalive_seconds = keepalive_seconds
+        self._recheck_seconds = recheck_seconds
+        self._feeds: dict[str, Feed] = {}
+        self._dirty: set[str] = set()
+        self._recheck = False
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.closed = False
+        self.subscriber_count = 0
+        self._max_per_subject = max_streams_per_subject
+        self._per_subject: dict[str, int] = {}
+        # Set (and replaced) on every notification, for long polls waiting for new events.
+        self._hinted = asyncio.Event()
+
+    # -- subscriptions -------------------------------------------------------------------
+
+    def subscribe(
+        self, topic: str, selector: Selector | None = None, subject: str = ""
+    ) -> Subscription:
+        """Register a subscriber before its first head read, so that no hint is missed.
+
+        ``topic`` is a topic, or GLOBAL with a ``selector`` for a multi-topic stream.
+        Raises Limited when ``subject`` already has its maximum of streams here (an empty
+        subject is not counted).
+        """
+        if subject:
+            count = self._per_subject.get(subject, 0)
+            if count >= self._max_per_subject:
+                raise Limited(
+                    f"{subject} has {count} open streams on this replica, its limit; close "
+                    "one or retry later",
+                    retry_after=5,
+                )
+            self._per_subject[subject] = count + 1
+        feed = self._feeds.get(topic)
+        if feed is None:
+            feed = self._feeds[topic] = Feed(topic)
+            metrics.feeds.inc()
+        sub = Subscription(feed, self._buffer_bytes, selector, subject)
+        feed.subscribers.add(sub)
+        self.subscriber_count += 1
+        metrics.subscriptions.inc()
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        """Forget a subscriber; the last one out drops the topic's feed."""
+        feed = sub.feed
+        if sub in feed.subscribers:
+            feed.subscribers.discard(sub)
+            self.subscriber_count -= 1
+            metrics.subscriptions.dec()
+            if sub.subject:
+                left = self._per_subject.pop(sub.subject, 1) - 1
+                if left:
+                    self._per_subject[sub.subject] = left
+        if not feed.subscribers and self._feeds.get(feed.topic) is feed:
+            del self._feeds[feed.topic]
+            self._dirty.discard(feed.topic)
+            metrics.feeds.dec()
+
+    def observe_head(self, feed: Feed, head: int) -> None:
+        """A head read from the table: starts a new feed there, or tells an old one to catch up."""
+        if feed.fetched is None:
+            feed.fetched = head
+        self._raise_known(feed, head)
+
+    # -- hints ---------------------------------------------------------------------------
+
+    async def wait_for_hint(self, seconds: float) -> None:
+        """Until the next sequencer notification, or ``seconds``."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._hinted.wait(), seconds)
+
+    def on_hint(self, payload: str) -> None:
+        """A sequencer notification: ``{"position": p, "topics": {topic: head}}``."""
+        self._hinted.set()
+        self._hinted = asyncio.Event()
+        try:
+            hint = json.loads(payload)
+            topics, position = hint.get("topics"), hint.get("position")
+        except (ValueError, AttributeError):
+            topics = position = None
+        feed = self._feeds.get(GLOBAL)
+        if feed is not None and isinstance(position, int):
+            self._raise_known(feed, position)
+        if not isinstance(topics, dict):
+            # Too many topics for one notification (or a foreign payload): check them all.
+            self.recheck()
+            return
+        for topic, head in topics.items():
+            feed = self._feeds.get(topic)
+            if feed is not None and isinstance(head, int):
+                self._raise_known(feed, head)
+
+    def recheck(self) -> None:
+        """Re-read every fed topic's head: after a reconnect, when hints may have been lost."""
+        self._recheck = True
+        self._wake.set()
+
+    def _raise_known(self, feed: Feed, head: int) -> None:
+        if head > feed.known:
+            feed.known = head
+        if feed.fetched is not None and feed.known > feed.fetched:
+            self._dirty.add(feed.topic)
+            self._wake.set()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._refresh_loop(), name="hub-refresh"),
+            asyncio.create_task(self._keepalive_loop(), name="hub-keepalive"),
+            asyncio.create_task(self._recheck_loop(), name="hub-recheck"),
+        ]
+
+    def drain(self) -> None:
+        """Refuse new streams and end open ones cleanly, so that clients reconnect elsewhere."""
+        self.closed = True
+        for feed in list(self._feeds.values()):
+            for sub in list(feed.subscribers):
+                sub.close()
+
+    async def close(self) -> None:
+        """Drain, then stop the hub's tasks."""
+        self.drain()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # -- tasks ---------------------------------------------------------------------------
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                if self._recheck:
+                    self._recheck = False
+                    await self._check_heads()
+                dirty = [self._feeds[t] for t in self._dirty if t in self._feeds]
+                self._dirty.clear()
+                results = await asyncio.gather(
+                    *(self._fetch(feed) for feed in dirty), return_exceptions=True
+                )
+                for result in results:
+                    if isinstance(result, BaseException):
+                        raise result
+            except Exception as exc:
+                # Streams keep their place; a re-check after a pause retries everything.
+                if isinstance(exc, UNAVAILABLE):
+                    log.warning("hub.refresh_failed", error=str(exc))
+                else:
+                    log.exception("hub.refresh_failed")
+                self._recheck = True
+                await asyncio.sleep(0.5)
+                self._wake.set()
+
+    async def _check_heads(self) -> None:
+        topics = [t for t, f in self._feeds.items() if f.fetched is not None and t != GLOBAL]
+        if topics:
+            for topic, head in (await events.heads(self._db, topics)).items():
+                feed = self._feeds.get(topic)
+                if feed is not None:
+                    self._raise_known(feed, head)
+        feed = self._feeds.get(GLOBAL)
+        if feed is not None and feed.fetched is not None:
+            self._raise_known(feed, await events.global_head(self._db))
+
+    async def _fetch(self, feed: Feed) -> None:
+        while feed.subscribers and feed.fetched is not None and feed.known > feed.fetched:
+            if feed.topic == GLOBAL:
+                # One read for every multi-topic stream here: what any of them selects.
+                wanted = Selector.union(sub.selector for sub in feed.subscribers if sub.selector)
+                page = await events.global_page(self._db, wanted, feed.fetched, self._page_size)
+                rows, covered = page.rows, page.covered
+                self._offer_selected(feed, rows, covered, page.lost)
+            else:
+                read = await events.frames_page(
+                    self._db, feed.topic, feed.fetched, self._page_size, timed=True
+                )
+                covered = read.last if read.count else feed.fetched
+                # A batch claims only what it holds: if retention cut past this feed's
+                # position, it does not continue from there, and streams read the table.
+                first = read.first if read.count else feed.fetched + 1
+                batch = Batch(first, covered, read.data, read.count)
+                for sub in feed.subscribers:
+                    sub.offer(batch)
+                now = time.time()
+                for published in read.published:
+                    metrics.delivery_latency.observe(max(0.0, now - published))
+            if covered == feed.fetched:
+                feed.known = feed.fetched
+                return
+            feed.fetched = covered
+            feed.known = max(feed.known, covered)
+
+    def _offer_selected(
+        self, feed: Feed, rows: list[asyncpg.Record], covered: int, lost: dict[str, int]
+    ) -> None:
+        """Offer a global read to multi-topic subscribers: each frame encoded once, and the
+        same filtered bytes to every subscriber with the same selection."""
+        assert feed.fetched is not None
+        first = feed.fetched + 1
+        encoded = frames.encode_multi(rows)
+        by_selection: dict[str, Batch] = {}
+        for sub in feed.subscribers:
+            assert sub.selector is not None
+            key = str(sub.selector)
+            batch = by_selection.get(key)
+            if batch is None:
+                pairs = zip(rows, encoded, strict=True)
+                chosen = [f for row, f in pairs if sub.selector.matches(row["topic"])]
+                # Retention cut a selected topic in this range: the batch continues nothing
+                # (first -1), so the stream reads the table, and that read reports the cut.
+                cut = any(sub.selector.matches(topic) for topic in lost)
+                batch = by_selection[key] = Batch(
+                    -1 if cut else first, covered, b"".join(chosen), len(chosen)
+                )
+            sub.offer(batch)
+
+    async def _keepalive_loop(self) -> None:
+        # One shared ticker rather than a timer per stream: idle streams cost nothing.
+        while True:
+            await asyncio.sleep(self._keepalive_seconds)
+            for feed in list(self._feeds.values()):
+                for sub in feed.subscribers:
+                    if not sub.write_parked(frames.KEEPALIVE):
+                        sub.keepalive_due = True
+                        sub.poke()
+
+    async def _recheck_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._recheck_seconds)
+            self.recheck()

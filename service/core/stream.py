@@ -1,0 +1,281 @@
+"""One subscriber's SSE stream: catch up from the table, then follow the live fan-out.
+
+A stream reads one topic (positions are its seqs) or several topics in global order
+(positions are global positions), and remembers the position it has covered. It takes
+batches from the hub only when they continue exactly from there; whenever it is behind the
+feed (resuming from an old position, a batch that overlaps what it already sent, or a
+buffer that overflowed because the client read slowly), it pages from the table instead.
+So the hand-over from history to live events has no gap and no duplicate, whatever the
+timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import weakref
+from collections.abc import AsyncIterator, Callable
+from typing import Protocol
+
+from .. import logs
+from . import events, frames, metrics
+from .database import UNAVAILABLE, Database
+from .events import AfterHead
+from .fanout import GLOBAL, Hub, Subscription
+from .topics import Selector
+
+log = logs.get(__name__)
+
+
+class Connection(Protocol):
+    """What a stream may hold of its client's connection, from the HTTP server
+    (web.uvicorn_direct.DirectWrite): a write that needs no wake-up of the stream's task,
+    and a callback for when the connection is lost."""
+
+    def __call__(self, data: bytes) -> bool: ...
+
+    def on_lost(self, callback: Callable[[], None]) -> None: ...
+
+
+class TopicSource:
+    """One topic's events; the stream's position is a seq."""
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+        self.feed_key = topic
+        self.selector: Selector | None = None
+        # The client asked for the earliest events held (after=0), not for a position.
+        self.earliest = False
+
+    async def head(self, db: Database) -> int:
+        return await events.head(db, self.topic)
+
+    async def read(self, db: Database, after: int, limit: int) -> tuple[bytes, int, int]:
+        """Frames after ``after``, how many, and the position they cover up to."""
+        page = await events.frames_page(db, self.topic, after, limit)
+        data = page.data
+        if page.count and page.first == after + 1:
+            return data, page.count, page.last
+        # A hole after `after`, or nothing at all: retention may have cut what followed it
+        # (seqs have no other holes, but a compacted snapshot's, which are no loss).
+        marks = await events.marks(db, self.topic)
+        if marks.cut(after, earliest=self.earliest):
+            first = page.first if page.count else marks.first_seq
+            log.warning("stream.retention_gap", topic=self.topic, after=after, first_seq=first)
+            data = (
+                frames.reset(
+                    "retention",
+                    f"retention removed seqs {after + 1} to {first - 1} before this stream "
+                    f"delivered them; continuing from seq {first}, the first one held",
+                    str(after),
+                    first - 1,
+                    first_seq=first,
+                )
+                + data
+            )
+            after = first - 1
+        return data, page.count, page.last if page.count else after
+
+    def __str__(self) -> str:
+        return self.topic
+
+
+class SelectionSource:
+    """Several topics in global order; the stream's position is a global position."""
+
+    def __init__(self, selector: Selector) -> None:
+        self.selector: Selector | None = selector
+        self.feed_key = GLOBAL
+        self.earliest = False
+        # Retention cuts already reported to this client: topic -> first seq held.
+        self._reported: dict[str, int] = {}
+
+    async def head(self, db: Database) -> int:
+        return await events.global_head(db)
+
+    async def read(self, db: Database, after: int, limit: int) -> tuple[bytes, int, int]:
+        page = await events.global_page(db, self.selector, after, limit)
+        data = b"".join(frames.encode_multi(page.rows))
+        # Positions have holes wherever other topics' events sit, so a cut cannot be seen
+        # in the rows: the read reports it.
+        if after == 0 and self.earliest:
+            # Asked for the earliest events held: owed nothing before them.
+            self._reported.update(page.lost)
+        lost = {t: s for t, s in page.lost.items() if s > self._reported.get(t, 0)}
+        if lost:
+            self._reported.update(lost)
+            log.warning("stream.retention_gap", topics=str(self), after=after, lost=lost)
+            named = ", ".join(f"{t} before seq {s}" for t, s in sorted(lost.items()))
+            data = (
+                frames.reset(
+                    "retention",
+                    f"retention removed events after position {after} before this stream "
+                    f"delivered them ({named}); continuing with the events still held",
+                    str(after),
+                    after,
+                    lost=lost,
+                )
+                + data
+            )
+        return data, len(page.rows), page.covered
+
+    def __str__(self) -> str:
+        return str(self.selector)
+
+
+Source = TopicSource | SelectionSource
+
+
+async def open_stream(
+    hub: Hub,
+    db: Database,
+    source: Source,
+    after: int | None,
+    *,
+    page_size: int,
+    retry_milliseconds: int,
+    expect_hash: str | None = None,
+    subject: str = "",
+    expires_at: float | None = None,
+    direct: Connection | None = None,
+) -> AsyncIterator[bytes]:
+    """Validate the starting point and return the stream's frames.
+
+    ``after=None`` means the live tail: events after the head at connect time.
+    ``expect_hash`` (from an id ``<seq>.<hash8>``): the event the client saw last; if the
+    topic holds another one at that seq, or none, the stream starts with a ``reset`` frame
+    and replays the topic from its start instead of silently skipping.
+    Raises ``AfterHead`` before anything is sent when a plain ``after`` is past the head.
+    ``expires_at`` (Unix time; the caller's token): the stream ends then, with a final
+    ``closed`` frame saying so; the client reconnects with a fresh token and resumes.
+    ``direct``: writes a chunk to the client's connection (see ``Connection``), for
+    the hub to deliver live batches without waking the stream's task; it also ends the
+    frames when the connection is lost.
+    """
+    # Subscribe first, then read the head: a hint arriving in between is not lost.
+    sub = hub.subscribe(source.feed_key, source.selector, subject)
+    sub.direct = direct
+    if direct is not None:
+        direct.on_lost(sub.close)
+    reset: bytes | None = None
+    try:
+        head = await source.head(db)
+        if after is not None and expect_hash is not None and isinstance(source, TopicSource):
+            reset = await _verify_resume(db, source.topic, after, expect_hash)
+            if reset is not None:
+                after = 0
+        if after is not None and after > head:
+            raise AfterHead(after, head)
+    except BaseException:
+        hub.unsubscribe(sub)
+        raise
+    hub.observe_head(sub.feed, head)
+    source.earliest = after == 0
+    start = head if after is None else after
+    frames_ = _frames(hub, db, source, sub, start, page_size, retry_milliseconds, reset, expires_at)
+    # The generator's own `finally` unsubscribes once it has started; this covers a response
+    # that is dropped before its first frame (unsubscribing twice is harmless).
+    weakref.finalize(frames_, hub.unsubscribe, sub)
+    return frames_
+
+
+async def _verify_resume(db: Database, topic: str, seq: int, expect_hash: str) -> bytes | None:
+    """None when the topic holds the client's last event at ``seq``; else a reset frame."""
+    requested = f"{seq}.{expect_hash}"
+    marks, held = await events.resume_point(db, topic, seq)
+    head = marks.head
+    if seq == 0 or (seq < marks.first_seq - 1 and held is None):
+        # Nothing to compare: retention removed it (the first read reports the gap), or
+        # compaction did (the events kept after it bring the client up to date).
+        return None
+    if seq > head:
+        detail = (
+            f"the topic ends at seq {head}, before the client's last event {requested}: "
+            "the database was restored to an earlier point or the topic was recreated"
+        )
+        reason = "behind"
+    else:
+        if held == expect_hash:
+            return None
+        detail = (
+            f"the event at seq {seq} is not the one the client saw ({requested}): the "
+            "history was rewritten (a restore, a recreated topic, or tampering)"
+        )
+        reason = "mismatch"
+    log.warning("stream.reset", topic=topic, requested=requested, reason=reason)
+    return frames.reset(reason, detail + "; replaying the topic from its start", requested, 0)
+
+
+async def _frames(
+    hub: Hub,
+    db: Database,
+    source: Source,
+    sub: Subscription,
+    last: int,
+    page_size: int,
+    retry_milliseconds: int,
+    reset: bytes | None = None,
+    expires_at: float | None = None,
+) -> AsyncIterator[bytes]:
+    name = str(source)
+    metrics.open_streams.inc()
+    log.info("stream.open", topic=name, after=last)
+    try:
+        yield frames.retry(retry_milliseconds)
+        if reset is not None:
+            yield reset
+        while not sub.closed:
+            if expires_at is not None and time.time() >= expires_at:
+                log.info("stream.token_expired", topic=name, last=last)
+                yield frames.closed(
+                    "token-expired",
+                    "the token this stream was opened with has expired; reconnect with a "
+                    "fresh one to resume",
+                )
+                return
+            batches, behind = sub.take()
+            ready: list[bytes] = []
+            for batch in batches:
+                if batch.last <= last:
+                    continue  # already sent from the table
+                if batch.first != last + 1:
+                    behind = True  # a gap or an overlap: the table settles it
+                    break
+                ready.append(batch.data)
+                metrics.delivered.inc(batch.count)
+                last = batch.last
+            if ready:
+                yield b"".join(ready)
+            fetched = sub.feed.fetched
+            if behind or (fetched is not None and last < fetched):
+                try:
+                    data, count, covered = await source.read(db, last, page_size)
+                except UNAVAILABLE as exc:
+                    # End cleanly: the client reconnects with its Last-Event-ID and resumes.
+                    log.warning("stream.database_unavailable", topic=name, error=str(exc))
+                    return
+                if covered > last:
+                    if data:
+                        yield data
+                    metrics.delivered.inc(count)
+                    last = covered
+                    continue
+            if sub.keepalive_due:
+                sub.keepalive_due = False
+                yield frames.KEEPALIVE
+                continue
+            # While parked, the hub may write live batches itself and move the position.
+            sub.last = last
+            if expires_at is None:
+                await sub.wait()
+            else:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(0.0, expires_at - time.time())):
+                        await sub.wait()
+            last = sub.last
+    finally:
+        # Runs on a clean end, on shutdown and when the client goes away (cancellation).
+        hub.unsubscribe(sub)
+        metrics.open_streams.dec()
+        log.info("stream.close", topic=name, last=last)

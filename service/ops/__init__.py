@@ -1,0 +1,1 @@
+"""Running it: the command line, the server process, migrations and the embedded cluster."""

@@ -1,0 +1,244 @@
+"""HTTP handlers for ``/feeds``: publish, subscribe (SSE) and replay."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+from litestar import Controller, Request, Response, get, post
+from litestar.datastructures import State
+from litestar.openapi import ResponseSpec
+from litestar.params import Parameter
+from litestar.response import Stream
+from litestar.status_codes import HTTP_202_ACCEPTED
+
+from ..core import events, export, replay, stream
+from ..core.auth import Principal, Unauthenticated
+from ..core.runtime import Runtime
+from ..core.topics import InvalidInput, Selector, check_topic, parse_resume, parse_seq
+from .litestar_response import event_stream
+from .problems import unavailable
+from .uvicorn_protocol import DIRECT_WRITE
+
+SSE_HEADERS = {
+    "Cache-Control": "no-cache",
+    # nginx: do not buffer this response, whatever proxy_buffering says.
+    "X-Accel-Buffering": "no",
+}
+
+
+def _runtime(state: State) -> Runtime:
+    runtime: Runtime = state.runtime
+    return runtime
+
+
+_EVENT_STREAM = ResponseSpec(
+    data_container=str, media_type="text/event-stream", description="The event stream"
+)
+
+
+class FeedController(Controller):
+    path = "/feeds"
+    tags = ["feeds"]
+
+    @post(
+        "/{topic:str}",
+        status_code=HTTP_202_ACCEPTED,
+        summary="Publish one event or a batch",
+        description=(
+            'Body: one event `{"type", "data", "id"}` or a JSON array of them, stored '
+            "atomically. `type` defaults to `message`; `data` is any JSON value; `id` is an "
+            "optional client-chosen id, unique per topic: an event whose id is already stored "
+            "is not stored again. A 202 means the events are durable."
+        ),
+        responses={
+            202: ResponseSpec(data_container=dict[str, int], description="Events are durable"),
+        },
+    )
+    async def publish_events(
+        self, topic: str, request: Request[Any, Any, Any], state: State, principal: Principal
+    ) -> Response[dict[str, int]]:
+        runtime = _runtime(state)
+        check_topic(topic)
+        principal.require("publish", topic)
+        if runtime.backlog.full:
+            raise unavailable(
+                f"{runtime.backlog.events} events wait for the sequencer (the limit is "
+                f"{runtime.backlog.limit}): it is down or behind; retry shortly"
+            )
+        batch = runtime.check_publish(principal, await request.body())
+        await runtime.store(topic, batch)
+        return Response({"accepted": len(batch)}, status_code=HTTP_202_ACCEPTED)
+
+    @get(
+        "/{topic:str}",
+        summary="Subscribe (Server-Sent Events)",
+        description=(
+            "A `text/event-stream`. Each event is a frame with `id: <seq>.<hash8>`, "
+            "`event: <type>`, `data: <JSON>`. Starts after the `Last-Event-ID` header if "
+            "present, else after `?after=<seq>` (or `<seq>.<hash8>`, checked: a mismatch starts "
+            "with `event: reset`), else at the live tail. `after=0` replays the whole topic. "
+            "A `*` in the name makes it a pattern over topics (`orders.*`): see `GET /feeds`."
+        ),
+        responses={200: _EVENT_STREAM},
+    )
+    async def subscribe(
+        self,
+        topic: str,
+        request: Request[Any, Any, Any],
+        state: State,
+        principal: Principal,
+        last_event_id: Annotated[str | None, Parameter(header="Last-Event-ID")] = None,
+        after: Annotated[
+            str | None, Parameter(query="after", description="Start after this seq")
+        ] = None,
+    ) -> Stream:
+        source: stream.Source
+        if "*" in topic:
+            source = stream.SelectionSource(Selector([topic]))
+        else:
+            source = stream.TopicSource(check_topic(topic))
+        principal.require("subscribe", topic)
+        return await _open(_runtime(state), principal, source, last_event_id, after, request.scope)
+
+    @get(
+        "/",
+        summary="Subscribe to several topics (Server-Sent Events)",
+        description=(
+            "Events of several topics (`?topic=a&topic=b`, patterns such as `orders.*` allowed) "
+            "in one order: the global position, which is the frames' `id`. Each frame's data "
+            'is `{"topic", "seq", "data"}`. Resuming works as for one topic, with positions.'
+        ),
+        responses={200: _EVENT_STREAM},
+    )
+    async def subscribe_many(
+        self,
+        request: Request[Any, Any, Any],
+        state: State,
+        principal: Principal,
+        topic: Annotated[
+            list[str] | None, Parameter(query="topic", description="A topic or pattern; repeat")
+        ] = None,
+        last_event_id: Annotated[str | None, Parameter(header="Last-Event-ID")] = None,
+        after: Annotated[
+            str | None, Parameter(query="after", description="Start after this position")
+        ] = None,
+    ) -> Stream:
+        selector = Selector(topic or [])
+        # Each topic and pattern must be granted (a pattern: all the topics it can match).
+        principal.require("subscribe", selector.topics + selector.patterns)
+        source = stream.SelectionSource(selector)
+        return await _open(_runtime(state), principal, source, last_event_id, after, request.scope)
+
+    @get(
+        "/{topic:str}/events",
+        summary="Replay a page of stored events (JSON), or export a range (NDJSON)",
+        description=(
+            "JSON: a page of `limit` events after `after`, and the URL of the next page. "
+            "With `Accept: application/x-ndjson`: every event with `after < seq < before` and "
+            "`since <= time < until` (ISO 8601), streamed one JSON object per line, up to the "
+            "head when the export started."
+        ),
+        responses={200: ResponseSpec(data_container=replay.ReplayPageDoc, description="A page")},
+    )
+    async def replay_events(
+        self,
+        topic: str,
+        request: Request[Any, Any, Any],
+        state: State,
+        principal: Principal,
+        after: Annotated[str, Parameter(query="after", description="Events after this seq")] = "0",
+        limit: Annotated[str | None, Parameter(query="limit", description="Page size")] = None,
+        before: Annotated[
+            str | None, Parameter(query="before", description="Export: events before this seq")
+        ] = None,
+        since: Annotated[
+            str | None, Parameter(query="since", description="Export: from this time on")
+        ] = None,
+        until: Annotated[
+            str | None, Parameter(query="until", description="Export: before this time")
+        ] = None,
+    ) -> Response[bytes] | Stream:
+        runtime = _runtime(state)
+        check_topic(topic)
+        principal.require("subscribe", topic)
+        start = parse_seq(after, "after")
+        if "application/x-ndjson" in request.headers.get("accept", ""):
+            lines = await export.lines(
+                runtime.db,
+                topic,
+                after=start,
+                before=parse_seq(before, "before") if before is not None else None,
+                since=export.parse_time(since, "since"),
+                until=export.parse_time(until, "until"),
+                page_size=runtime.settings.max_page_events,
+            )
+            return Stream(lines, media_type="application/x-ndjson")
+        maximum = runtime.settings.max_page_events
+        size = parse_seq(limit, "limit") if limit is not None else min(100, maximum)
+        if not 1 <= size <= maximum:
+            raise InvalidInput(f"limit must be between 1 and {maximum}")
+        body = await replay.read_page(runtime.db, topic, start, size)
+        return Response(body, media_type="application/json")
+
+
+async def _open(
+    runtime: Runtime,
+    principal: Principal,
+    source: stream.Source,
+    last_event_id: str | None,
+    after: str | None,
+    scope: Any,
+) -> Stream:
+    # The leeway lets a token through whose issuer's clock is ahead of ours; a stream
+    # opened on it would be closed at once as expired, and the client would reconnect in a
+    # loop with the same token. Refused instead: it must fetch a fresh one.
+    if principal.expires_at is not None and principal.expires_at <= time.time():
+        raise Unauthenticated("the token has expired: a stream needs one that has not")
+    # The header wins: a browser's EventSource reconnects to the same URL and adds it.
+    expect_hash: str | None = None
+    if last_event_id is not None and last_event_id.strip():
+        start, expect_hash = parse_resume(last_event_id, "Last-Event-ID")
+    elif after is not None:
+        start, expect_hash = parse_resume(after, "after")
+    else:
+        start = None
+    if runtime.hub.closed:
+        raise unavailable("this replica is shutting down; reconnect")
+    if runtime.hub.subscriber_count >= runtime.settings.max_streams:
+        raise unavailable(
+            f"this replica serves its maximum of {runtime.settings.max_streams} streams; "
+            "retry after the delay in Retry-After"
+        )
+    direct = scope.get("extensions", {}).get(DIRECT_WRITE)
+    frames = await stream.open_stream(
+        runtime.hub,
+        runtime.db,
+        source,
+        start,
+        page_size=runtime.settings.max_page_events,
+        retry_milliseconds=runtime.settings.retry_milliseconds,
+        expect_hash=expect_hash,
+        subject=principal.subject if principal.limited else "",
+        expires_at=principal.expires_at,
+        direct=direct,
+    )
+    return event_stream(frames, SSE_HEADERS, ends_on_disconnect=direct is not None)
+
+
+@get(
+    "/topics",
+    tags=["feeds"],
+    summary="Topics with events",
+    description="Each topic the caller may subscribe to, with its head and low-water mark "
+    "(`first_seq`), by name (at most 1000).",
+)
+async def list_topics(state: State, principal: Principal) -> dict[str, Any]:
+    rows = await events.topics(_runtime(state).db, 1000)
+    return {
+        "topics": [
+            {"topic": r["topic"], "head": r["head"], "first_seq": r["first_seq"]}
+            for r in rows
+            if principal.may("subscribe", [r["topic"]])
+        ]
+    }
