@@ -15,10 +15,8 @@ and write it in the same transaction as the effects (see ``TableCheckpoint``).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import random
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +26,7 @@ import httpx
 from httpx_sse import aconnect_sse
 
 from . import logs
+from .backoff import Backoff
 
 log = logs.get(__name__)
 
@@ -124,21 +123,6 @@ class TableCheckpoint:
         )
 
 
-class Backoff:
-    """Exponential backoff with full jitter, reset after a success."""
-
-    def __init__(self, first: float = 0.2, ceiling: float = 15.0) -> None:
-        self.first, self.ceiling, self.attempt = first, ceiling, 0
-
-    async def wait(self) -> None:
-        delay = min(self.ceiling, self.first * 2**self.attempt)
-        self.attempt += 1
-        await asyncio.sleep(random.uniform(0, delay))
-
-    def reset(self) -> None:
-        self.attempt = 0
-
-
 class ClientError(Exception):
     """The server refused a request for a reason retrying will not fix (a 4xx)."""
 
@@ -199,7 +183,7 @@ class Client:
         else:
             names = [topics] if isinstance(topics, str) else list(topics)
             url, params = "/feeds", {"topic": names}
-        backoff = Backoff()
+        backoff = Backoff(first=0.2, ceiling=15.0)
         while True:
             headers = {"Last-Event-ID": str(last)} if last is not None else {}
             try:
@@ -247,7 +231,7 @@ class Client:
         one is asked for); a worker that dies leaves its batch to be handed out again after
         the consumer's visibility timeout.
         """
-        backoff = Backoff()
+        backoff = Backoff(first=0.2, ceiling=15.0)
         while True:
             try:
                 response = await self._http.get(

@@ -18,9 +18,11 @@ from dataclasses import dataclass
 import asyncpg
 
 from .. import logs
+from ..backoff import Backoff
 from . import events, frames, metrics
+from .admission import Limited
 from .database import UNAVAILABLE, Database
-from .limits import Limited
+from .supervise import Loop
 from .topics import Selector
 
 log = logs.get(__name__)
@@ -191,7 +193,6 @@ class Hub:
         self._dirty: set[str] = set()
         self._recheck = False
         self._wake = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
         self.closed = False
         self.subscriber_count = 0
         self._max_per_subject = max_streams_per_subject
@@ -293,12 +294,13 @@ class Hub:
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    def start(self) -> None:
-        self._tasks = [
-            asyncio.create_task(self._refresh_loop(), name="hub-refresh"),
-            asyncio.create_task(self._keepalive_loop(), name="hub-keepalive"),
-            asyncio.create_task(self._recheck_loop(), name="hub-recheck"),
-        ]
+    def loops(self) -> dict[str, Loop]:
+        """The hub's background loops, for the replica's supervisor."""
+        return {
+            "hub-refresh": self._refresh_loop,
+            "hub-keepalive": self._keepalive_loop,
+            "hub-recheck": self._recheck_loop,
+        }
 
     def drain(self) -> None:
         """Refuse new streams and end open ones cleanly, so that clients reconnect elsewhere."""
@@ -307,18 +309,9 @@ class Hub:
             for sub in list(feed.subscribers):
                 sub.close()
 
-    async def close(self) -> None:
-        """Drain, then stop the hub's tasks."""
-        self.drain()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    # -- loops ---------------------------------------------------------------------------
 
-    # -- tasks ---------------------------------------------------------------------------
-
-    async def _refresh_loop(self) -> None:
+    async def _refresh_loop(self, backoff: Backoff) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -334,6 +327,7 @@ class Hub:
                 for result in results:
                     if isinstance(result, BaseException):
                         raise result
+                backoff.reset()
             except Exception as exc:
                 # Streams keep their place; a re-check after a pause retries everything.
                 if isinstance(exc, UNAVAILABLE):
@@ -341,7 +335,7 @@ class Hub:
                 else:
                     log.exception("hub.refresh_failed")
                 self._recheck = True
-                await asyncio.sleep(0.5)
+                await backoff.wait()
                 self._wake.set()
 
     async def _check_heads(self) -> None:
@@ -407,7 +401,7 @@ class Hub:
                 )
             sub.offer(batch)
 
-    async def _keepalive_loop(self) -> None:
+    async def _keepalive_loop(self, backoff: Backoff) -> None:
         # One shared ticker rather than a timer per stream: idle streams cost nothing.
         while True:
             await asyncio.sleep(self._keepalive_seconds)
@@ -417,7 +411,7 @@ class Hub:
                         sub.keepalive_due = True
                         sub.poke()
 
-    async def _recheck_loop(self) -> None:
+    async def _recheck_loop(self, backoff: Backoff) -> None:
         while True:
             await asyncio.sleep(self._recheck_seconds)
             self.recheck()

@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 
 from .. import logs
+from ..backoff import Backoff
 from . import database, metrics
 
 log = logs.get(__name__)
@@ -43,47 +44,33 @@ class Listener:
         self._handlers = handlers
         self._on_connect = on_connect
         self._check_seconds = check_seconds
-        self._task: asyncio.Task[None] | None = None
         self.connected = False
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="listener")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run(self) -> None:
-        backoff = 0.1
-        while True:
-            conn: asyncpg.Connection | None = None
-            try:
-                conn = await database.connect(self._url, "listener")
-                lost = asyncio.Event()
-                conn.add_termination_listener(_setter(lost))
-                for channel, handler in self._handlers.items():
-                    await conn.add_listener(channel, _dispatch(handler))
-                await self._probe(conn)
-                self.connected = True
-                metrics.listener_connects.inc()
-                log.info("listener.connected")
-                backoff = 0.1
-                self._on_connect()
-                await self._watch(conn, lost)
-            except database.UNAVAILABLE as exc:
-                log.warning("listener.down", error=str(exc), retry_in=backoff)
-            except NotificationsBroken as exc:
-                log.error("listener.notifications_broken", error=str(exc), retry_in=backoff)
-            except Exception:
-                log.exception("listener.failed", retry_in=backoff)
-            finally:
-                self.connected = False
-                if conn is not None:
-                    conn.terminate()
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
+    async def run(self, backoff: Backoff) -> None:
+        """One life of the LISTEN connection (a supervised loop: it returns when the
+        connection is lost, or could not be made or proven)."""
+        conn: asyncpg.Connection | None = None
+        try:
+            conn = await database.connect(self._url, "listener")
+            lost = asyncio.Event()
+            conn.add_termination_listener(_setter(lost))
+            for channel, handler in self._handlers.items():
+                await conn.add_listener(channel, _dispatch(handler))
+            await self._probe(conn)
+            self.connected = True
+            metrics.listener_connects.inc()
+            log.info("listener.connected")
+            backoff.reset()
+            self._on_connect()
+            await self._watch(conn, lost)
+        except database.UNAVAILABLE as exc:
+            log.warning("listener.down", error=str(exc))
+        except NotificationsBroken as exc:
+            log.error("listener.notifications_broken", error=str(exc))
+        finally:
+            self.connected = False
+            if conn is not None:
+                conn.terminate()
 
     async def _probe(self, conn: asyncpg.Connection) -> None:
         """Prove that notifications reach this connection before relying on them: a pooler

@@ -7,23 +7,23 @@ from dataclasses import dataclass
 from .. import logs
 from ..settings import Settings
 from . import database, metrics, publish, retention
+from .admission import Admission
 from .auth import Authenticator, Principal
 from .fanout import Hub
 from .inbox import Backlog, Inbox
-from .limits import PublishLimits
 from .listener import Listener
-from .periodic import Periodic
 from .publish import NewEvent, parse
 from .schema import EVENTS_CHANNEL, WAKE_CHANNEL
 from .sequencer import Sequencer
+from .supervise import Supervisor, every
 
 log = logs.get(__name__)
 
 
 @dataclass
 class Runtime:
-    """The pool, the fan-out hub, the sequencer loop, the LISTEN connection, and the
-    housekeeping loops (inbox backlog, retention)."""
+    """The pool, the fan-out hub, the sequencer, the LISTEN connection and the housekeeping
+    loops, supervised together; admission and the inbox for the handlers."""
 
     settings: Settings
     url: str
@@ -32,18 +32,17 @@ class Runtime:
     sequencer: Sequencer
     listener: Listener
     backlog: Backlog
-    housekeeping: list[Periodic]
     auth: Authenticator
-    publish_limits: PublishLimits
+    admission: Admission
     inbox: Inbox
+    supervisor: Supervisor
 
     def check_publish(self, principal: Principal, body: bytes) -> list[NewEvent]:
-        """A publish request's events, checked against the limits; raises InvalidInput or
-        Limited (taking nothing from the caller's allowance) before anything is stored.
-        PostgreSQL checks ``data`` itself when the events are stored (see publish.py)."""
+        """A publish request's events, charged to the caller's allowance; raises InvalidInput
+        or Limited (taking nothing) before anything is stored. PostgreSQL checks ``data``
+        itself when the events are stored (see publish.py)."""
         batch = parse(body, max_batch_events=self.settings.max_batch_events)
-        if principal.limited:
-            self.publish_limits.spend(principal.subject, len(batch))
+        self.admission.charge(principal, len(batch))
         return batch
 
     async def store(self, topic: str, batch: list[NewEvent]) -> None:
@@ -55,9 +54,6 @@ class Runtime:
     @classmethod
     async def start(cls, settings: Settings, url: str) -> Runtime:
         auth = Authenticator(settings)
-        publish_limits = PublishLimits(
-            rate=settings.subject_publish_rate, burst=settings.subject_publish_burst
-        )
         db = await database.create(
             url,
             min_size=settings.pool_min_size,
@@ -101,19 +97,19 @@ class Runtime:
             on_connect=hub.recheck,
         )
         backlog = Backlog(db, settings.max_inbox_events)
-        housekeeping = [
-            Periodic("inbox-backlog", 1.0, backlog.refresh),
-            Periodic(
-                "retention",
-                settings.retention_interval_seconds,
-                lambda: retention.trim(db, settings.retention_batch_rows),
-            ),
-        ]
-        hub.start()
-        listener.start()
-        sequencer.start()
-        for task in housekeeping:
-            task.start()
+        supervisor = Supervisor()
+        supervisor.add("sequencer", sequencer.run)
+        supervisor.add("listener", listener.run)
+        for name, loop in hub.loops().items():
+            supervisor.add(name, loop)
+        supervisor.add("inbox-backlog", every(1.0, backlog.refresh), ceiling=1.0)
+        trim_every = settings.retention_interval_seconds
+        supervisor.add(
+            "retention",
+            every(trim_every, lambda: retention.trim(db, settings.retention_batch_rows)),
+            ceiling=trim_every,
+        )
+        supervisor.start()
         return cls(
             settings,
             url,
@@ -122,10 +118,10 @@ class Runtime:
             sequencer,
             listener,
             backlog,
-            housekeeping,
             auth,
-            publish_limits,
+            Admission(settings, hub, backlog),
             Inbox(db),
+            supervisor,
         )
 
     def drain(self) -> None:
@@ -133,9 +129,7 @@ class Runtime:
         self.hub.drain()
 
     async def stop(self) -> None:
-        for task in self.housekeeping:
-            await task.stop()
-        await self.hub.close()
-        await self.listener.stop()
+        self.hub.drain()
+        await self.supervisor.stop()
         await self.sequencer.stop()
         await self.db.close()

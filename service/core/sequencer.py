@@ -19,6 +19,7 @@ import time
 import asyncpg
 
 from .. import logs
+from ..backoff import Backoff
 from . import database, metrics
 from .database import Database
 from .schema import ELECTION_LOCK, SCHEMA, WAKE_CHANNEL
@@ -59,7 +60,6 @@ class Sequencer:
         self._poll_seconds = poll_seconds
         self._election_seconds = election_seconds
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
         self._nudging: asyncio.Task[None] | None = None
         self._nudge_again = False
         self.is_leader = False
@@ -90,15 +90,12 @@ class Sequencer:
             if not self._nudge_again:
                 return
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="sequencer")
-
     async def stop(self) -> None:
-        for task in (self._task, self._nudging):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        """After the supervisor stopped ``run``: the wake-up in flight, if any."""
+        if self._nudging is not None:
+            self._nudging.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._nudging
         self._set_leader(False)
 
     def _set_leader(self, leader: bool) -> None:
@@ -109,31 +106,25 @@ class Sequencer:
         if not leader:
             metrics.sequencer_lag.set(0)
 
-    async def _run(self) -> None:
-        backoff = 0.1
-        while True:
-            try:
-                conn = await database.connect(self._url, "sequencer")
-            except database.UNAVAILABLE as exc:
-                log.warning("sequencer.connect_failed", error=str(exc), retry_in=backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-                continue
-            backoff = 0.1
-            try:
-                if conn.get_server_version().major >= 14:
-                    await conn.execute(f"SET idle_session_timeout = '{_IDLE_SESSION_TIMEOUT}'")
-                await self._lead(conn)
-            except database.UNAVAILABLE as exc:
-                log.warning("sequencer.connection_lost", error=str(exc))
-            except Exception:
-                # Never let the loop die: log, step down, and start over after a pause.
-                log.exception("sequencer.failed")
-                await asyncio.sleep(1.0)
-            finally:
-                # Closing the session releases the election lock for another replica.
-                self._set_leader(False)
-                conn.terminate()
+    async def run(self, backoff: Backoff) -> None:
+        """One life of the sequencer's connection: try for the role, and lead while it lasts
+        (a supervised loop: it returns when the connection is lost)."""
+        try:
+            conn = await database.connect(self._url, "sequencer")
+        except database.UNAVAILABLE as exc:
+            log.warning("sequencer.connect_failed", error=str(exc))
+            return
+        backoff.reset()
+        try:
+            if conn.get_server_version().major >= 14:
+                await conn.execute(f"SET idle_session_timeout = '{_IDLE_SESSION_TIMEOUT}'")
+            await self._lead(conn)
+        except database.UNAVAILABLE as exc:
+            log.warning("sequencer.connection_lost", error=str(exc))
+        finally:
+            # Closing the session releases the election lock for another replica.
+            self._set_leader(False)
+            conn.terminate()
 
     async def _lead(self, conn: asyncpg.Connection) -> None:
         lag_measured = first_consumed = 0.0

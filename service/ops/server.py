@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterator
-from types import FrameType
 
 import uvicorn
 
@@ -20,31 +19,9 @@ from ..web.fastpath import PublishFastPath
 from ..web.hosts import AllowedHosts
 from . import migrate
 from .cluster import Cluster
+from .uvicorn_server import DrainingServer
 
 log = logs.get(__name__)
-
-
-class _Server(uvicorn.Server):
-    """uvicorn, ending open streams as soon as a shutdown signal arrives.
-
-    uvicorn waits for open connections before the app's shutdown runs, and an event
-    stream never ends by itself: so the streams are drained at the signal itself.
-    """
-
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.runtime: Runtime | None = None
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self.loop is not None and self.runtime is not None:
-            self.loop.call_soon_threadsafe(self.runtime.drain)
-        super().handle_exit(sig, frame)
-        # uvicorn re-raises the signal once it has stopped, which would kill the process
-        # before the embedded cluster is stopped: the shutdown is complete without that.
-        captured = getattr(self, "_captured_signals", None)
-        if isinstance(captured, list):
-            captured.clear()
 
 
 @contextlib.contextmanager
@@ -83,7 +60,7 @@ def preflight(url: str) -> None:
 
 def serve(settings: Settings, url: str) -> bool:
     """Serve until a shutdown signal; False if the app could not start."""
-    server: _Server | None = None
+    server: DrainingServer | None = None
 
     def started(runtime: Runtime) -> None:
         assert server is not None
@@ -110,7 +87,7 @@ def serve(settings: Settings, url: str) -> bool:
         access_log=False,
         timeout_graceful_shutdown=int(max(1, settings.shutdown_seconds)),
     )
-    server = _Server(config)
+    server = DrainingServer(config)
 
     log.info("serving", url=f"http://{settings.host}:{settings.port}", auth=auth.describe(settings))
     if settings.auth != "jwt":

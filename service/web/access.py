@@ -41,10 +41,15 @@ class NotJSON(Exception):
     """A request body that is not declared as JSON (415)."""
 
 
-async def caller(request: Request[Any, Any, Any], state: State) -> Principal:
+def runtime_of(state: State) -> Runtime:
+    """The replica's runtime, for handlers (injected as ``runtime``)."""
+    runtime: Runtime = state.runtime
+    return runtime
+
+
+async def caller(request: Request[Any, Any, Any], runtime: Runtime) -> Principal:
     """The request's principal; Unauthenticated (401) without a valid token when auth is
     on. Tokens are read here and nowhere logged: log lines carry the path, never the query."""
-    runtime: Runtime = state.runtime
     address = request.client.host if request.client else "unknown"
     headers = request.headers
     reads = request.method in READS and not request.route_handler.opt.get(CHANGES)

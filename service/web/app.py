@@ -16,7 +16,7 @@ from .. import __version__, logs
 from ..core.runtime import Runtime
 from ..settings import Settings
 from . import demo, health, problems
-from .access import caller
+from .access import caller, runtime_of
 from .consumers import ConsumerController
 from .feeds import FeedController, list_topics
 
@@ -50,7 +50,10 @@ def create_app(
             health.metrics,
         ],
         lifespan=[lifespan],
-        dependencies={"principal": Provide(caller)},
+        dependencies={
+            "runtime": Provide(runtime_of, sync_to_thread=False),
+            "principal": Provide(caller),
+        },
         before_request=_bind_request_context,
         exception_handlers=problems.handlers(),
         plugins=[ProblemDetailsPlugin(ProblemDetailsConfig(enable_for_all_http_exceptions=True))],

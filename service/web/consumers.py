@@ -8,7 +8,6 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Controller, Request, Response, delete, get, post, put
-from litestar.datastructures import State
 from litestar.openapi import ResponseSpec
 from litestar.params import Parameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
@@ -37,11 +36,6 @@ class AckIn(msgspec.Struct, forbid_unknown_fields=True):
 
     lease: str
     position: int | None = None
-
-
-def _runtime(state: State) -> Runtime:
-    runtime: Runtime = state.runtime
-    return runtime
 
 
 def _decode(body: bytes, kind: type[Any]) -> Any:
@@ -77,9 +71,8 @@ class ConsumerController(Controller):
         status_code=HTTP_200_OK,
     )
     async def define(
-        self, name: str, request: Request[Any, Any, Any], state: State, principal: Principal
+        self, name: str, request: Request[Any, Any, Any], runtime: Runtime, principal: Principal
     ) -> Response[dict[str, Any]]:
-        runtime = _runtime(state)
         check_topic(name)
         spec: ConsumerIn = _decode(await request.body(), ConsumerIn)
         if not 0.1 <= spec.visibility_timeout <= 43200:
@@ -106,9 +99,9 @@ class ConsumerController(Controller):
         return Response(body, status_code=HTTP_201_CREATED if created else HTTP_200_OK)
 
     @get("/", summary="All consumers with their lag")
-    async def list_consumers(self, state: State, principal: Principal) -> dict[str, Any]:
+    async def list_consumers(self, runtime: Runtime, principal: Principal) -> dict[str, Any]:
         # Only the consumers the caller could use.
-        found = await leases.list_all(_runtime(state).db)
+        found = await leases.list_all(runtime.db)
         usable = [
             c
             for c in found
@@ -118,18 +111,16 @@ class ConsumerController(Controller):
         return {"consumers": usable}
 
     @get("/{name:str}", summary="A consumer: its lag and per-topic cursors")
-    async def describe(self, name: str, state: State, principal: Principal) -> dict[str, Any]:
-        await _require(_runtime(state), principal, name)
-        return await leases.describe(_runtime(state).db, name)
+    async def describe(self, name: str, runtime: Runtime, principal: Principal) -> dict[str, Any]:
+        await _require(runtime, principal, name)
+        return await leases.describe(runtime.db, name)
 
     @delete(
         "/{name:str}", summary="Delete a consumer and its cursors", status_code=HTTP_204_NO_CONTENT
     )
-    async def remove(self, name: str, state: State, principal: Principal) -> None:
-        await _require(_runtime(state), principal, name)
-        await leases.delete(
-            _runtime(state).db, name, principal.owner, covers(principal.consume, name)
-        )
+    async def remove(self, name: str, runtime: Runtime, principal: Principal) -> None:
+        await _require(runtime, principal, name)
+        await leases.delete(runtime.db, name, principal.owner, covers(principal.consume, name))
 
     @get(
         "/{name:str}/events",
@@ -148,12 +139,11 @@ class ConsumerController(Controller):
     async def poll(
         self,
         name: str,
-        state: State,
+        runtime: Runtime,
         principal: Principal,
         limit: Annotated[str, Parameter(query="limit", description="At most this many")] = "100",
         wait: Annotated[str, Parameter(query="wait", description="Seconds to wait")] = "0",
     ) -> Response[bytes]:
-        runtime = _runtime(state)
         check_topic(name)
         size = parse_seq(limit, "limit")
         if not 1 <= size <= runtime.settings.max_page_events:
@@ -174,9 +164,8 @@ class ConsumerController(Controller):
 
     @post("/{name:str}/ack", summary="Acknowledge a leased batch", status_code=HTTP_200_OK)
     async def ack(
-        self, name: str, request: Request[Any, Any, Any], state: State, principal: Principal
+        self, name: str, request: Request[Any, Any, Any], runtime: Runtime, principal: Principal
     ) -> dict[str, Any]:
-        runtime = _runtime(state)
         await _require(runtime, principal, name)
         spec: AckIn = _decode(await request.body(), AckIn)
         try:

@@ -7,7 +7,6 @@ import functools
 from importlib import resources
 
 from litestar import Response, get
-from litestar.datastructures import State
 
 from ..core.runtime import Runtime
 
@@ -19,8 +18,7 @@ def _page(cookie: str) -> bytes:
 
 
 @get("/", include_in_schema=False)
-async def demo(state: State) -> Response[bytes]:
-    runtime: Runtime = state.runtime
+async def demo(runtime: Runtime) -> Response[bytes]:
     return Response(
         _page(runtime.settings.auth_cookie),
         media_type="text/html; charset=utf-8",

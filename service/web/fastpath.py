@@ -20,8 +20,8 @@ from litestar import Litestar
 
 from .. import logs
 from ..core import database, metrics
-from ..core.auth import Principal, Unauthenticated
-from ..core.limits import Limited
+from ..core.admission import Limited, Unavailable
+from ..core.auth import Forbidden, Principal, Unauthenticated
 from ..core.runtime import Runtime
 from ..core.topics import InvalidInput, check_topic
 from . import problems
@@ -68,7 +68,7 @@ class PublishFastPath:
             if body is None:
                 return  # the client went away
             batch = runtime.check_publish(principal, body)
-        except (_HandOver, InvalidInput, Unauthenticated, Limited):
+        except (_HandOver, InvalidInput, Unauthenticated, Forbidden, Unavailable, Limited):
             await self.app(scope, receive if body is None else _replay(body, receive), send)
             return
         logs.bind_request(scope)
@@ -77,24 +77,19 @@ class PublishFastPath:
         except database.UNAVAILABLE as exc:
             # Not handed over: the events may have been stored before the connection broke.
             log.warning("database.unavailable", error=str(exc), path=scope["path"])
-            await _problem(
-                send,
-                503,
-                "unavailable",
-                "Service unavailable",
-                "the database is unreachable; retry shortly",
-                {b"retry-after": b"1"},
+            await problems.send(
+                send, "unavailable", problems.DATABASE_UNAVAILABLE, {b"retry-after": b"1"}
             )
             return
         except problems.REFUSED as exc:
             # PostgreSQL refused a value (nothing was stored). Answered here rather than
             # handed over: that would insert again and charge the subject's allowance twice.
             detail = problems.data_error_detail(exc)
-            await _problem(send, 400, "invalid-input", "Invalid input", detail)
+            await problems.send(send, "invalid-input", detail)
             return
         except Exception:
             log.exception("request.failed", path=scope["path"])
-            await _problem(send, 500, "internal", "Internal error", "see the service log")
+            await problems.send(send, "internal", problems.INTERNAL)
             return
         metrics.fast_publishes.inc()
         answer = b'{"accepted":%d}' % len(batch)
@@ -126,9 +121,10 @@ def _headers(scope: Scope) -> dict[bytes, bytes]:
 
 
 def _admit(runtime: Runtime, scope: Scope, headers: dict[bytes, bytes]) -> tuple[str, Principal]:
-    """The topic and the principal, if this request may publish there (else hand over)."""
+    """The topic and the principal, if this request may publish there now (the same
+    admission as the app's); anything else raises, and the request is handed over."""
     topic = scope["path"][len(_PREFIX) :]
-    if "/" in topic or runtime.backlog.full:
+    if "/" in topic:
         raise _HandOver
     check_topic(topic)
     client = scope.get("client")
@@ -141,8 +137,7 @@ def _admit(runtime: Runtime, scope: Scope, headers: dict[bytes, bytes]) -> tuple
         {},
         address,
     )
-    if not principal.may("publish", [topic]):
-        raise _HandOver
+    runtime.admission.publish(principal, topic)
     return topic, principal
 
 
@@ -180,21 +175,3 @@ def _replay(body: bytes, then: Receive) -> Receive:
         return await then()
 
     return receive
-
-
-async def _problem(
-    send: Send,
-    status: int,
-    kind: str,
-    title: str,
-    detail: str,
-    extra_headers: dict[bytes, bytes] | None = None,
-) -> None:
-    body = problems.render(status, kind, title, detail)
-    headers = [
-        (b"content-type", b"application/problem+json"),
-        (b"content-length", b"%d" % len(body)),
-        *(extra_headers or {}).items(),
-    ]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

@@ -2,34 +2,26 @@
 
 from __future__ import annotations
 
-import time
 from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, get, post
-from litestar.datastructures import State
 from litestar.openapi import ResponseSpec
 from litestar.params import Parameter
 from litestar.response import Stream
 from litestar.status_codes import HTTP_202_ACCEPTED
 
 from ..core import events, export, replay, stream
-from ..core.auth import Principal, Unauthenticated
+from ..core.auth import Principal
 from ..core.runtime import Runtime
 from ..core.topics import InvalidInput, Selector, check_topic, parse_resume, parse_seq
 from .litestar_response import event_stream
-from .problems import unavailable
-from .uvicorn_protocol import DIRECT_WRITE
+from .uvicorn_direct import DIRECT_WRITE
 
 SSE_HEADERS = {
     "Cache-Control": "no-cache",
     # nginx: do not buffer this response, whatever proxy_buffering says.
     "X-Accel-Buffering": "no",
 }
-
-
-def _runtime(state: State) -> Runtime:
-    runtime: Runtime = state.runtime
-    return runtime
 
 
 _EVENT_STREAM = ResponseSpec(
@@ -56,16 +48,9 @@ class FeedController(Controller):
         },
     )
     async def publish_events(
-        self, topic: str, request: Request[Any, Any, Any], state: State, principal: Principal
+        self, topic: str, request: Request[Any, Any, Any], runtime: Runtime, principal: Principal
     ) -> Response[dict[str, int]]:
-        runtime = _runtime(state)
-        check_topic(topic)
-        principal.require("publish", topic)
-        if runtime.backlog.full:
-            raise unavailable(
-                f"{runtime.backlog.events} events wait for the sequencer (the limit is "
-                f"{runtime.backlog.limit}): it is down or behind; retry shortly"
-            )
+        runtime.admission.publish(principal, check_topic(topic))
         batch = runtime.check_publish(principal, await request.body())
         await runtime.store(topic, batch)
         return Response({"accepted": len(batch)}, status_code=HTTP_202_ACCEPTED)
@@ -86,7 +71,7 @@ class FeedController(Controller):
         self,
         topic: str,
         request: Request[Any, Any, Any],
-        state: State,
+        runtime: Runtime,
         principal: Principal,
         last_event_id: Annotated[str | None, Parameter(header="Last-Event-ID")] = None,
         after: Annotated[
@@ -99,7 +84,7 @@ class FeedController(Controller):
         else:
             source = stream.TopicSource(check_topic(topic))
         principal.require("subscribe", topic)
-        return await _open(_runtime(state), principal, source, last_event_id, after, request.scope)
+        return await _open(runtime, principal, source, last_event_id, after, request.scope)
 
     @get(
         "/",
@@ -114,7 +99,7 @@ class FeedController(Controller):
     async def subscribe_many(
         self,
         request: Request[Any, Any, Any],
-        state: State,
+        runtime: Runtime,
         principal: Principal,
         topic: Annotated[
             list[str] | None, Parameter(query="topic", description="A topic or pattern; repeat")
@@ -128,7 +113,7 @@ class FeedController(Controller):
         # Each topic and pattern must be granted (a pattern: all the topics it can match).
         principal.require("subscribe", selector.topics + selector.patterns)
         source = stream.SelectionSource(selector)
-        return await _open(_runtime(state), principal, source, last_event_id, after, request.scope)
+        return await _open(runtime, principal, source, last_event_id, after, request.scope)
 
     @get(
         "/{topic:str}/events",
@@ -145,7 +130,7 @@ class FeedController(Controller):
         self,
         topic: str,
         request: Request[Any, Any, Any],
-        state: State,
+        runtime: Runtime,
         principal: Principal,
         after: Annotated[str, Parameter(query="after", description="Events after this seq")] = "0",
         limit: Annotated[str | None, Parameter(query="limit", description="Page size")] = None,
@@ -159,7 +144,6 @@ class FeedController(Controller):
             str | None, Parameter(query="until", description="Export: before this time")
         ] = None,
     ) -> Response[bytes] | Stream:
-        runtime = _runtime(state)
         check_topic(topic)
         principal.require("subscribe", topic)
         start = parse_seq(after, "after")
@@ -190,11 +174,7 @@ async def _open(
     after: str | None,
     scope: Any,
 ) -> Stream:
-    # The leeway lets a token through whose issuer's clock is ahead of ours; a stream
-    # opened on it would be closed at once as expired, and the client would reconnect in a
-    # loop with the same token. Refused instead: it must fetch a fresh one.
-    if principal.expires_at is not None and principal.expires_at <= time.time():
-        raise Unauthenticated("the token has expired: a stream needs one that has not")
+    runtime.admission.stream(principal)
     # The header wins: a browser's EventSource reconnects to the same URL and adds it.
     expect_hash: str | None = None
     if last_event_id is not None and last_event_id.strip():
@@ -203,13 +183,6 @@ async def _open(
         start, expect_hash = parse_resume(after, "after")
     else:
         start = None
-    if runtime.hub.closed:
-        raise unavailable("this replica is shutting down; reconnect")
-    if runtime.hub.subscriber_count >= runtime.settings.max_streams:
-        raise unavailable(
-            f"this replica serves its maximum of {runtime.settings.max_streams} streams; "
-            "retry after the delay in Retry-After"
-        )
     direct = scope.get("extensions", {}).get(DIRECT_WRITE)
     frames = await stream.open_stream(
         runtime.hub,
@@ -233,8 +206,8 @@ async def _open(
     description="Each topic the caller may subscribe to, with its head and low-water mark "
     "(`first_seq`), by name (at most 1000).",
 )
-async def list_topics(state: State, principal: Principal) -> dict[str, Any]:
-    rows = await events.topics(_runtime(state).db, 1000)
+async def list_topics(runtime: Runtime, principal: Principal) -> dict[str, Any]:
+    rows = await events.topics(runtime.db, 1000)
     return {
         "topics": [
             {"topic": r["topic"], "head": r["head"], "first_seq": r["first_seq"]}

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Response, get
-from litestar.datastructures import State
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..core.database import UNAVAILABLE
@@ -18,8 +17,7 @@ async def healthz() -> dict[str, str]:
 
 
 @get("/readyz", tags=["operations"], summary="Database reachable and listener connected")
-async def readyz(state: State) -> Response[dict[str, Any]]:
-    runtime: Runtime = state.runtime
+async def readyz(runtime: Runtime) -> Response[dict[str, Any]]:
     checks: dict[str, Any] = {"listener": runtime.listener.connected}
     try:
         await runtime.db.fetchval("SELECT 1")

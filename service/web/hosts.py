@@ -39,21 +39,9 @@ class AllowedHosts:
         if host_name(header) in self.hosts:
             await self.app(scope, receive, send)
             return
-        body = problems.render(
-            421,
+        await problems.send(
+            send,
             "misdirected-request",
-            "Not this service's host",
             "this service does not answer for that host name: set CHANGEFEED_ALLOWED_HOSTS "
             "to the names clients use to reach it",
         )
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 421,
-                "headers": [
-                    (b"content-type", b"application/problem+json"),
-                    (b"content-length", b"%d" % len(body)),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})

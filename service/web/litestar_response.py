@@ -4,7 +4,7 @@ Litestar sends a streaming body from a task group: one task iterates the body wh
 second waits on ASGI ``receive`` for the client's disconnect and cancels the first. An idle
 SSE stream lives for hours, so that second task, its task group and their events are a
 third of a parked stream's Python memory (measured with tracemalloc). When the connection
-itself reports its end (``protocol.DirectWrite.on_lost``, which closes the subscription and
+itself reports its end (``uvicorn_direct.DirectWrite.on_lost``, which closes the subscription and
 so ends the frames), the body is sent from the handler's own task instead.
 """
 

@@ -1,8 +1,16 @@
-"""Errors as RFC 9457 problem details (``application/problem+json``), never a bare 500."""
+"""Errors as RFC 9457 problem details (``application/problem+json``), never a bare 500.
+
+One table of problem types, and one way to write each: as a Litestar response for errors
+raised in handlers (``handlers()``, which maps each domain error once), or as bytes for the
+layers below Litestar that answer by themselves (the publish fast path, the host check,
+uvicorn's protocol).
+"""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
 import asyncpg
@@ -11,125 +19,102 @@ from litestar.plugins.problem_details import ProblemDetailsException
 from litestar.types import ExceptionHandlersMap
 
 from .. import logs
+from ..core.admission import Limited, Unavailable
 from ..core.auth import Forbidden, Unauthenticated
 from ..core.database import UNAVAILABLE
 from ..core.events import AfterHead, Trimmed
 from ..core.leases import LeaseLost, NameTaken, UnknownConsumer
-from ..core.limits import Limited
 from ..core.topics import InvalidInput
 from .access import NotJSON
 
 log = logs.get(__name__)
 
 
+@dataclass(frozen=True)
+class Kind:
+    status: int
+    title: str
+
+
+# Each problem's `type` is `urn:changefeed:problem:<kind>`: stable, for clients to act on.
+KINDS = {
+    "invalid-input": Kind(400, "Invalid input"),
+    "unauthenticated": Kind(401, "Authentication required"),
+    "forbidden": Kind(403, "Not granted"),
+    "unknown-consumer": Kind(404, "No such consumer"),
+    "request-timeout": Kind(408, "Request timeout"),
+    "after-head": Kind(409, "Starting point beyond the topic's head"),
+    "lease-lost": Kind(409, "Lease not held"),
+    "name-taken": Kind(409, "Consumer name in use"),
+    "trimmed": Kind(410, "Events removed by retention"),
+    "unsupported-media-type": Kind(415, "Body must be JSON"),
+    "misdirected-request": Kind(421, "Not this service's host"),
+    "rate-limited": Kind(429, "Over a per-subject limit"),
+    "headers-too-large": Kind(431, "Request header fields too large"),
+    "internal": Kind(500, "Internal error"),
+    "unavailable": Kind(503, "Service unavailable"),
+}
+
+DATABASE_UNAVAILABLE = "the database is unreachable; retry shortly"
+INTERNAL = "see the service log"
+
+
 def problem(
-    status: int,
-    kind: str,
-    title: str,
-    detail: str,
-    *,
-    headers: dict[str, str] | None = None,
-    **extra: Any,
+    kind: str, detail: str, *, headers: dict[str, str] | None = None, **extra: Any
 ) -> ProblemDetailsException:
-    """A problem with a stable ``type`` (``urn:changefeed:problem:<kind>``)."""
+    """A problem of a kind in KINDS, for Litestar to answer."""
     return ProblemDetailsException(
-        status_code=status,
+        status_code=KINDS[kind].status,
         type_=f"urn:changefeed:problem:{kind}",
-        title=title,
+        title=KINDS[kind].title,
         detail=detail,
         headers=headers,
         extra=extra or None,
     )
 
 
-def render(status: int, kind: str, title: str, detail: str) -> bytes:
-    """The body of a problem answered below Litestar (by the HTTP protocol or fastpath)."""
+def render(kind: str, detail: str) -> bytes:
+    """A problem's body, for the layers below Litestar."""
     return json.dumps(
         {
             "type": f"urn:changefeed:problem:{kind}",
-            "title": title,
-            "status": status,
+            "title": KINDS[kind].title,
+            "status": KINDS[kind].status,
             "detail": detail,
         }
     ).encode()
 
 
-def unavailable(detail: str) -> ProblemDetailsException:
-    return problem(503, "unavailable", "Service unavailable", detail, headers={"Retry-After": "1"})
-
-
-def _invalid_input(request: Request[Any, Any, Any], exc: InvalidInput) -> Response[Any]:
-    return problem(400, "invalid-input", "Invalid input", str(exc)).to_response(request)
-
-
-def _after_head(request: Request[Any, Any, Any], exc: AfterHead) -> Response[Any]:
-    return problem(
-        409,
-        "after-head",
-        "Starting point beyond the topic's head",
-        f"seq {exc.after} is beyond the topic's head ({exc.head}): no such event was ever sent",
-        head=exc.head,
-    ).to_response(request)
-
-
-def _unauthenticated(request: Request[Any, Any, Any], exc: Unauthenticated) -> Response[Any]:
-    return problem(
-        401,
-        "unauthenticated",
-        "Authentication required",
-        str(exc),
-        headers={"WWW-Authenticate": 'Bearer realm="changefeed"'},
-    ).to_response(request)
-
-
-def _forbidden(request: Request[Any, Any, Any], exc: Forbidden) -> Response[Any]:
-    return problem(403, "forbidden", "Not granted", str(exc)).to_response(request)
-
-
-def _not_json(request: Request[Any, Any, Any], exc: NotJSON) -> Response[Any]:
-    return problem(415, "unsupported-media-type", "Body must be JSON", str(exc)).to_response(
-        request
+async def send(
+    send: Any, kind: str, detail: str, headers: dict[bytes, bytes] | None = None
+) -> None:
+    """Answer a problem through ASGI ``send``, below Litestar."""
+    body = render(kind, detail)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": KINDS[kind].status,
+            "headers": [
+                (b"content-type", b"application/problem+json"),
+                (b"content-length", b"%d" % len(body)),
+                *(headers or {}).items(),
+            ],
+        }
     )
+    await send({"type": "http.response.body", "body": body})
 
 
-def _limited(request: Request[Any, Any, Any], exc: Limited) -> Response[Any]:
-    return problem(
-        429,
-        "rate-limited",
-        "Over a per-subject limit",
-        str(exc),
-        headers={"Retry-After": str(exc.retry_after)},
-    ).to_response(request)
-
-
-def _trimmed(request: Request[Any, Any, Any], exc: Trimmed) -> Response[Any]:
-    return problem(
-        410,
-        "trimmed",
-        "Events removed by retention",
-        f"retention removed the events after seq {exc.after} up to seq {exc.first_seq - 1}; "
-        f"the first seq still held is {exc.first_seq}",
-        first_seq=exc.first_seq,
-    ).to_response(request)
-
-
-def _unknown_consumer(request: Request[Any, Any, Any], exc: UnknownConsumer) -> Response[Any]:
-    return problem(
-        404, "unknown-consumer", "No such consumer", f"no consumer is named {exc.args[0]!r}"
-    ).to_response(request)
-
-
-def _lease_lost(request: Request[Any, Any, Any], exc: LeaseLost) -> Response[Any]:
-    return problem(409, "lease-lost", "Lease not held", str(exc)).to_response(request)
-
-
-def _name_taken(request: Request[Any, Any, Any], exc: NameTaken) -> Response[Any]:
-    return problem(
-        409,
-        "name-taken",
-        "Consumer name in use",
-        f"a consumer named {exc.args[0]!r} belongs to another subject: choose another name",
-    ).to_response(request)
+def raw_response(kind: str, detail: str) -> bytes:
+    """A whole HTTP/1.1 response closing the connection, for uvicorn's protocol."""
+    status = KINDS[kind].status
+    body = render(kind, detail)
+    return (
+        b"HTTP/1.1 %d %s\r\n"
+        b"content-type: application/problem+json\r\n"
+        b"connection: close\r\n"
+        b"content-length: %d\r\n\r\n%s"
+        % (status, HTTPStatus(status).phrase.encode(), len(body), body)
+    )
 
 
 # Values PostgreSQL refused: JSON it cannot store (a \u0000 in a string), and event data
@@ -145,37 +130,88 @@ def data_error_detail(exc: asyncpg.PostgresError) -> str:
     return f"{message}. {hint}" if hint else message
 
 
-def _data_error(request: Request[Any, Any, Any], exc: asyncpg.PostgresError) -> Response[Any]:
-    detail = data_error_detail(exc)
-    return problem(400, "invalid-input", "Invalid input", detail).to_response(request)
+def _described(exc: Exception) -> ProblemDetailsException:
+    """The problem a domain error is, mapped here once."""
+    match exc:
+        case InvalidInput():
+            return problem("invalid-input", str(exc))
+        case asyncpg.DataError() | asyncpg.ProgramLimitExceededError():
+            return problem("invalid-input", data_error_detail(exc))
+        case Unauthenticated():
+            return problem(
+                "unauthenticated",
+                str(exc),
+                headers={"WWW-Authenticate": 'Bearer realm="changefeed"'},
+            )
+        case Forbidden():
+            return problem("forbidden", str(exc))
+        case NotJSON():
+            return problem("unsupported-media-type", str(exc))
+        case UnknownConsumer():
+            return problem("unknown-consumer", f"no consumer is named {exc.args[0]!r}")
+        case AfterHead():
+            return problem(
+                "after-head",
+                f"seq {exc.after} is beyond the topic's head ({exc.head}): no such event was "
+                "ever sent",
+                head=exc.head,
+            )
+        case LeaseLost():
+            return problem("lease-lost", str(exc))
+        case NameTaken():
+            return problem(
+                "name-taken",
+                f"a consumer named {exc.args[0]!r} belongs to another subject: choose another name",
+            )
+        case Trimmed():
+            return problem(
+                "trimmed",
+                f"retention removed the events after seq {exc.after} up to seq "
+                f"{exc.first_seq - 1}; the first seq still held is {exc.first_seq}",
+                first_seq=exc.first_seq,
+            )
+        case Limited():
+            return problem("rate-limited", str(exc), headers={"Retry-After": str(exc.retry_after)})
+        case Unavailable():
+            return problem("unavailable", str(exc), headers={"Retry-After": str(exc.retry_after)})
+    raise TypeError(f"no problem for {type(exc).__name__}")
+
+
+DOMAIN_ERRORS: tuple[type[Exception], ...] = (
+    InvalidInput,
+    *REFUSED,
+    Unauthenticated,
+    Forbidden,
+    NotJSON,
+    UnknownConsumer,
+    AfterHead,
+    LeaseLost,
+    NameTaken,
+    Trimmed,
+    Limited,
+    Unavailable,
+)
+
+
+def _domain(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    return _described(exc).to_response(request)
 
 
 def _unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     log.warning("database.unavailable", error=str(exc), path=request.url.path)
-    return unavailable("the database is unreachable; retry shortly").to_response(request)
+    return problem("unavailable", DATABASE_UNAVAILABLE, headers={"Retry-After": "1"}).to_response(
+        request
+    )
 
 
 def _internal(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     log.exception("request.failed", path=request.url.path)
-    return problem(500, "internal", "Internal error", "see the service log").to_response(request)
+    return problem("internal", INTERNAL).to_response(request)
 
 
 def handlers() -> ExceptionHandlersMap:
     """Exception handlers for the app (HTTP errors are mapped by ProblemDetailsPlugin)."""
-    mapping: ExceptionHandlersMap = {
-        InvalidInput: _invalid_input,
-        AfterHead: _after_head,
-        Trimmed: _trimmed,
-        Unauthenticated: _unauthenticated,
-        Forbidden: _forbidden,
-        NotJSON: _not_json,
-        Limited: _limited,
-        UnknownConsumer: _unknown_consumer,
-        LeaseLost: _lease_lost,
-        NameTaken: _name_taken,
-    }
-    for refused in REFUSED:
-        mapping[refused] = _data_error
+    mapping: ExceptionHandlersMap = dict.fromkeys(DOMAIN_ERRORS, _domain)
     for exc_type in UNAVAILABLE:
         mapping[exc_type] = _unavailable
     mapping[Exception] = _internal

@@ -10,17 +10,22 @@ uvicorn also has no time limit on a request that arrives slowly (its keep-alive 
 at the first byte), so a client trickling a byte at a time holds a connection forever. Here
 a request head must arrive within ``head_seconds`` of its first byte (or of the connection),
 and a body within ``body_seconds`` of its head; otherwise 408 and the connection is closed.
+
+It also hands each request a ``DirectWrite`` (uvicorn_direct.py). Both subclass and read
+uvicorn's internals (the protocol's callbacks and fields, not public API): the versions are
+pinned in pyproject.toml, and the tests fail if either stops working (tests/test_hostile.py
+for the bounds, tests/test_fastpath.py for the direct write).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from . import problems
+from .uvicorn_direct import DIRECT_WRITE, DirectWrite
 
 
 class HeadTooLarge(Exception):
@@ -97,13 +102,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self.cycle is not None and self.cycle.response_started:
             self.transport.close()  # too late for a status line: just end it
             return
-        self._send_problem(
-            b"408 Request Timeout",
-            408,
-            "request-timeout",
-            "Request timeout",
-            f"{what} did not arrive within {seconds:g} seconds",
-        )
+        self._send_problem("request-timeout", f"{what} did not arrive within {seconds:g} seconds")
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -129,76 +128,15 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def _refuse(self) -> None:
         self._send_problem(
-            b"431 Request Header Fields Too Large",
-            431,
             "headers-too-large",
-            "Request header fields too large",
             f"the request line and headers exceed {self.max_head_bytes} bytes",
         )
 
-    def _send_problem(self, status: bytes, code: int, kind: str, title: str, detail: str) -> None:
+    def _send_problem(self, kind: str, detail: str) -> None:
         self._refused = True
         self._disarm()
-        body = problems.render(code, kind, title, detail)
-        self.transport.write(
-            b"HTTP/1.1 %s\r\n"
-            b"content-type: application/problem+json\r\n"
-            b"connection: close\r\n"
-            b"content-length: %d\r\n\r\n%s" % (status, len(body), body)
-        )
+        self.transport.write(problems.raw_response(kind, detail))
         self.transport.close()
-
-
-DIRECT_WRITE = "changefeed.direct_write"
-
-
-class DirectWrite:
-    """Writes a chunk of the current streaming response straight to the connection, and
-    tells the stream when the connection is gone.
-
-    The fan-out calls this for a live stream whose task is parked, instead of waking the
-    task to pass the bytes through its generator, Litestar and ASGI ``send``: measured, that
-    path cost about twice the write itself per subscriber and event. It refuses (returns
-    False, and the caller takes the ordinary path) unless the response is mid-stream in
-    chunked encoding and the transport takes writes without back-pressure.
-
-    ``on_lost`` lets a stream end when its client goes away without a second task per
-    stream listening to ASGI ``receive`` for the disconnect (response.EventStream).
-    """
-
-    __slots__ = ("_cycle", "_on_lost", "_protocol")
-
-    def __init__(self, protocol: BoundedHttpToolsProtocol) -> None:
-        self._protocol = protocol
-        self._cycle = protocol.cycle
-        self._on_lost: Callable[[], None] | None = None
-
-    def on_lost(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` once the connection is lost (at once if it is already)."""
-        if self._cycle.disconnected:
-            callback()
-        else:
-            self._on_lost = callback
-
-    def lost(self) -> None:
-        callback, self._on_lost = self._on_lost, None
-        if callback is not None:
-            callback()
-
-    def __call__(self, data: bytes) -> bool:
-        cycle, protocol = self._cycle, self._protocol
-        if (
-            not data  # an empty chunk would end the response
-            or not cycle.response_started
-            or cycle.response_complete
-            or cycle.disconnected
-            or not cycle.chunked_encoding
-            or protocol.flow.write_paused
-            or protocol.transport.is_closing()
-        ):
-            return False
-        protocol.transport.write(b"%x\r\n%s\r\n" % (len(data), data))
-        return True
 
 
 def bounded(
