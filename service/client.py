@@ -127,6 +127,10 @@ class ClientError(Exception):
     """The server refused a request for a reason retrying will not fix (a 4xx)."""
 
 
+class IncompleteExport(Exception):
+    """An export's response ended before its end: what was received is not all."""
+
+
 class Client:
     """An HTTP client of one changefeed deployment."""
 
@@ -158,6 +162,79 @@ class Client:
         if id is not None:
             event["id"] = id
         response = await self._http.post(f"/feeds/{topic}", json=event)
+        _raise_for(response)
+
+    async def publish_many(self, topic: str, events: Sequence[dict[str, Any]]) -> int:
+        """Publish a batch, stored atomically (all or none): each event a dict with
+        ``data`` and optionally ``type`` and ``id``. Returns how many were accepted."""
+        response = await self._http.post(f"/feeds/{topic}", json=list(events))
+        _raise_for(response)
+        accepted: int = response.json()["accepted"]
+        return accepted
+
+    async def export(
+        self,
+        topic: str,
+        *,
+        after: int = 0,
+        before: int | None = None,
+        since: str | None = None,
+        until: str | None = None,
+    ) -> AsyncIterator[bytes]:
+        """A topic's events in a range, as NDJSON chunks (one JSON object per line). An
+        export cut short raises IncompleteExport: it is never silently short."""
+        params: dict[str, str] = {"after": str(after)}
+        for name, value in (("before", before), ("since", since), ("until", until)):
+            if value is not None:
+                params[name] = str(value)
+        try:
+            async with self._http.stream(
+                "GET",
+                f"/feeds/{topic}/events",
+                params=params,
+                headers={"Accept": "application/x-ndjson"},
+                timeout=httpx.Timeout(30, read=300),
+            ) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    _raise_for(response)
+                async for chunk in response.aiter_bytes():
+                    yield chunk
+        except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+            # The response ended without its final chunk.
+            raise IncompleteExport(str(exc) or type(exc).__name__) from exc
+
+    async def define_consumer(
+        self,
+        name: str,
+        topics: Sequence[str],
+        *,
+        visibility_timeout: float = 30.0,
+        start: str = "earliest",
+    ) -> dict[str, Any]:
+        """Create or update a durable consumer; its description."""
+        body = {"topics": list(topics), "visibility_timeout": visibility_timeout, "start": start}
+        response = await self._http.put(f"/consumers/{name}", json=body)
+        _raise_for(response)
+        described: dict[str, Any] = response.json()
+        return described
+
+    async def consumers(self) -> list[dict[str, Any]]:
+        """The consumers this caller may use, with their lag."""
+        response = await self._http.get("/consumers")
+        _raise_for(response)
+        found: list[dict[str, Any]] = response.json()["consumers"]
+        return found
+
+    async def consumer(self, name: str) -> dict[str, Any]:
+        """A consumer's description: its lag and per-topic cursors."""
+        response = await self._http.get(f"/consumers/{name}")
+        _raise_for(response)
+        described: dict[str, Any] = response.json()
+        return described
+
+    async def delete_consumer(self, name: str) -> None:
+        response = await self._http.delete(f"/consumers/{name}")
         _raise_for(response)
 
     async def feed(

@@ -105,3 +105,31 @@ async def test_cli_export_then_import_elsewhere_twice(
         assert garbage.returncode == 2
     finally:
         other.stop()
+
+
+async def test_pages_and_exports_cover_the_same_range(
+    service: Service, client: httpx.AsyncClient, module_database: str
+) -> None:
+    """One definition of a range: a page honours `before`, `since` and `until` as an export
+    does (they were silently ignored by pages), and its `next` keeps them."""
+    topic = new_topic()
+    for n in range(10):
+        assert (await client.post(f"/feeds/{topic}", json={"data": n})).status_code == 202
+    await _sequenced(module_database, topic, 10)
+    times = [e["time"] for e in (await client.get(f"/feeds/{topic}/events")).json()["events"]]
+    for params in [
+        {"after": "2", "before": "7"},
+        {"since": times[3]},
+        {"until": times[5]},
+        {"after": "1", "before": "9", "since": times[2], "until": times[8]},
+    ]:
+        exported = await client.get(f"/feeds/{topic}/events", params=params, headers=NDJSON)
+        expected = [json.loads(line)["seq"] for line in exported.text.splitlines()]
+        paged: list[int] = []
+        url: str | None = f"/feeds/{topic}/events"
+        query: dict[str, str] | None = {**params, "limit": "2"}
+        while url:
+            page = (await client.get(url, params=query)).json()
+            paged += [e["seq"] for e in page["events"]]
+            url, query = (page["next"], None) if page["events"] else (None, None)
+        assert paged == expected and expected, params

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import asyncpg
 import msgspec
 
 from . import events
 from .events import AfterHead, Executor, Trimmed
+from .topics import InvalidInput
 
 
 class ReplayEvent(msgspec.Struct):
@@ -24,6 +26,53 @@ class ReplayEvent(msgspec.Struct):
     id: str | None
     # The chain hash (hex): sha256 of the previous event's hash and this event's content.
     hash: str | None
+
+
+@dataclass(frozen=True)
+class Range:
+    """The events of a topic that a replay page or an export covers: ``after < seq <
+    before`` and ``since <= time < until`` (each end open when None). Time grows with seq,
+    so the events of a range follow one another."""
+
+    after: int = 0
+    before: int | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def holds(self, row: asyncpg.Record) -> bool:
+        """Whether an event read after ``after`` (and from ``since``) is before the end."""
+        return (self.before is None or row["seq"] < self.before) and (
+            self.until is None or row["time"] < self.until
+        )
+
+    def query(self, after: int) -> str:
+        """The range's query parameters, continuing after ``after``."""
+        params: dict[str, str | int] = {"after": after}
+        if self.before is not None:
+            params["before"] = self.before
+        if self.since is not None:
+            params["since"] = self.since.isoformat()
+        if self.until is not None:
+            params["until"] = self.until.isoformat()
+        return urlencode(params)
+
+
+def parse_time(value: str | None, name: str) -> datetime | None:
+    """An ISO 8601 time; without an offset it is taken as UTC."""
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        # In UTC, so that a time the database cannot take (9999-12-31T23:59:59-14:00 is in
+        # the year 10000) is refused here, not halfway through the response.
+        return parsed.astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise InvalidInput(
+            f"invalid {name} {value[:50]!r}: expected an ISO 8601 time between the years 1 "
+            "and 9999 (UTC)"
+        ) from None
 
 
 def event_fields(row: asyncpg.Record) -> dict[str, Any]:
@@ -67,29 +116,35 @@ class ReplayPageDoc(msgspec.Struct):
 _encoder = msgspec.json.Encoder()
 
 
-async def read_page(db: Executor, topic: str, after: int, limit: int) -> bytes:
-    """A page as JSON bytes; AfterHead when ``after`` is past the head, Trimmed when
-    retention removed events after it (``after=0`` means the earliest held: never Trimmed).
+async def read_page(db: Executor, topic: str, span: Range, limit: int) -> bytes:
+    """A page of the range as JSON bytes; AfterHead when it starts past the head, Trimmed
+    when retention removed events after its start (``after=0`` means the earliest held:
+    never Trimmed).
 
-    ``next`` is always given: at the head it returns no events until more are published,
-    so an auditor can follow a topic by polling it.
+    ``next`` is always given (the same range, after this page): at the head it returns no
+    events until more are published, so an auditor can follow a topic by polling it; past
+    the range's end, it returns none.
     """
+    after = span.after
     marks = await events.marks(db, topic)
     if after > marks.head:
         raise AfterHead(after, marks.head)
-    rows = await events.page(db, topic, after, limit) if after < marks.head else []
-    if (rows and rows[0]["seq"] > after + 1) or (not rows and after < marks.head):
+    rows = await events.page(db, topic, after, limit, span.since) if after < marks.head else []
+    if span.since is None and (
+        (rows and rows[0]["seq"] > after + 1) or (not rows and after < marks.head)
+    ):
         marks = await events.marks(db, topic)  # a hole: trimmed since the first read?
     if marks.cut(after):
         raise Trimmed(after, max(marks.first_seq, rows[0]["seq"] if rows else 0))
-    last = rows[-1]["seq"] if rows else after
+    kept = [r for r in rows if span.holds(r)]
+    last = kept[-1]["seq"] if kept else after
     page = ReplayPage(
         topic=topic,
         after=after,
         head=max(marks.head, last),
         first_seq=marks.first_seq,
         compacted=marks.compacted,
-        events=[ReplayEvent(**event_fields(r)) for r in rows],
-        next=f"/feeds/{quote(topic)}/events?after={last}&limit={limit}",
+        events=[ReplayEvent(**event_fields(r)) for r in kept],
+        next=f"/feeds/{quote(topic)}/events?{span.query(last)}&limit={limit}",
     )
     return _encoder.encode(page)

@@ -6,13 +6,16 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import pydantic
 
 from .. import __version__, logs
 from ..settings import Settings
+
+if TYPE_CHECKING:
+    from ..client import Client
 
 Handler = Callable[[Settings, argparse.Namespace], int]
 
@@ -406,36 +409,44 @@ async def _awaited(work: Awaitable[Any]) -> Any:
 # -- talking to a running service ----------------------------------------------------------
 
 
-def _headers(settings: Settings) -> dict[str, str]:
-    """What the client commands send: the bearer token, when one is configured."""
-    if settings.token is None:
-        return {}
-    return {"Authorization": f"Bearer {settings.token.get_secret_value()}"}
+def _client(settings: Settings) -> Client:
+    """The Python client, for the commands that talk to a running service."""
+    from ..client import Client
+
+    token = settings.token.get_secret_value() if settings.token else None
+    return Client(settings.url, token=token)
 
 
-def _request(settings: Settings, command: str, method: str, path: str, **kwargs: Any) -> int:
+def _over_http(
+    settings: Settings,
+    command: str,
+    work: Callable[[Client], Awaitable[Any]],
+    say: Callable[[Any], str | None],
+) -> int:
+    """Run ``work`` with a client of CHANGEFEED_URL and print what ``say`` makes of its
+    result; a refusal or an unreachable service is one line on stderr and exit 1."""
     import httpx
 
+    from ..client import ClientError
+
+    async def run() -> Any:
+        async with _client(settings) as client:
+            return await work(client)
+
     try:
-        response = httpx.request(
-            method,
-            settings.url.rstrip("/") + path,
-            timeout=30,
-            headers=_headers(settings),
-            **kwargs,
-        )
+        result = asyncio.run(run())
+    except ClientError as exc:
+        print(f"changefeed {command}: {exc}", file=sys.stderr)
+        return 1
+    except httpx.HTTPStatusError as exc:
+        print(f"changefeed {command}: {exc.response.status_code}: {exc}", file=sys.stderr)
+        return 1
     except httpx.HTTPError as exc:
         print(f"changefeed {command}: cannot reach {settings.url}: {exc}", file=sys.stderr)
         return 1
-    if response.status_code >= 400:
-        try:
-            detail = response.json().get("detail", response.text)
-        except ValueError:
-            detail = response.text
-        print(f"changefeed {command}: {response.status_code}: {detail}", file=sys.stderr)
-        return 1
-    if response.content:
-        print(json.dumps(response.json(), indent=2))
+    said = say(result)
+    if said is not None:
+        print(said)
     return 0
 
 
@@ -445,19 +456,20 @@ def _publish(settings: Settings, args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"changefeed publish: the data is not JSON: {exc}", file=sys.stderr)
         return 2
-    event: dict[str, Any] = {"type": args.type, "data": data}
-    if args.id is not None:
-        event["id"] = args.id
-    return _request(settings, "publish", "POST", f"/feeds/{args.topic}", json=event)
+    return _over_http(
+        settings,
+        "publish",
+        lambda client: client.publish(args.topic, data, type=args.type, id=args.id),
+        lambda _: json.dumps({"accepted": 1}, indent=2),
+    )
 
 
 def _tail(settings: Settings, args: argparse.Namespace) -> int:
-    from ..client import Client, ClientError
+    from ..client import ClientError
 
     async def follow() -> None:
         seen = 0
-        token = settings.token.get_secret_value() if settings.token else None
-        async with Client(settings.url, token=token) as client:
+        async with _client(settings) as client:
             async for event in client.feed(args.topic, after=args.after):
                 line = {
                     "id": event.id,
@@ -481,54 +493,58 @@ def _tail(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _shown(found: Any) -> str:
+    return json.dumps(found, indent=2)
+
+
 def _consumers_list(settings: Settings, args: argparse.Namespace) -> int:
-    return _request(settings, "consumers", "GET", "/consumers")
+    return _over_http(
+        settings,
+        "consumers",
+        lambda client: client.consumers(),
+        lambda found: _shown({"consumers": found}),
+    )
 
 
 def _consumers_show(settings: Settings, args: argparse.Namespace) -> int:
-    return _request(settings, "consumers", "GET", f"/consumers/{args.name}")
+    return _over_http(settings, "consumers", lambda client: client.consumer(args.name), _shown)
 
 
 def _consumers_create(settings: Settings, args: argparse.Namespace) -> int:
-    body = {
-        "topics": args.topic,
-        "visibility_timeout": args.visibility_timeout,
-        "start": args.start,
-    }
-    return _request(settings, "consumers", "PUT", f"/consumers/{args.name}", json=body)
+    return _over_http(
+        settings,
+        "consumers",
+        lambda client: client.define_consumer(
+            args.name, args.topic, visibility_timeout=args.visibility_timeout, start=args.start
+        ),
+        _shown,
+    )
 
 
 def _consumers_delete(settings: Settings, args: argparse.Namespace) -> int:
-    code = _request(settings, "consumers", "DELETE", f"/consumers/{args.name}")
-    if code == 0:
-        print(f"changefeed consumers: deleted {args.name}")
-    return code
+    return _over_http(
+        settings,
+        "consumers",
+        lambda client: client.delete_consumer(args.name),
+        lambda _: f"changefeed consumers: deleted {args.name}",
+    )
 
 
 def _export(settings: Settings, args: argparse.Namespace) -> int:
-    import httpx
+    from ..client import IncompleteExport
 
-    params = {"after": str(args.after)}
-    for name in ("before", "since", "until"):
-        if getattr(args, name) is not None:
-            params[name] = str(getattr(args, name))
     out = open(args.output, "wb") if args.output else sys.stdout.buffer  # noqa: SIM115
+
+    async def write(client: Client) -> None:
+        chunks = client.export(
+            args.topic, after=args.after, before=args.before, since=args.since, until=args.until
+        )
+        async for chunk in chunks:
+            out.write(chunk)
+
     try:
-        with httpx.stream(
-            "GET",
-            f"{settings.url.rstrip('/')}/feeds/{args.topic}/events",
-            params=params,
-            headers={"Accept": "application/x-ndjson", **_headers(settings)},
-            timeout=httpx.Timeout(30, read=300),
-        ) as response:
-            if response.status_code >= 400:
-                response.read()
-                message = f"{response.status_code}: {response.text}"
-                print(f"changefeed export: {message}", file=sys.stderr)
-                return 1
-            for chunk in response.iter_bytes():
-                out.write(chunk)
-    except httpx.HTTPError as exc:
+        return _over_http(settings, "export", write, lambda _: None)
+    except IncompleteExport as exc:
         # A cut stream ends without its final chunk: the export is incomplete, say so.
         print(f"changefeed export: incomplete: {exc}", file=sys.stderr)
         return 1
@@ -537,55 +553,58 @@ def _export(settings: Settings, args: argparse.Namespace) -> int:
             out.close()
         else:
             out.flush()
-    return 0
 
 
 def _import(settings: Settings, args: argparse.Namespace) -> int:
-    import httpx
-
     source = open(args.file, "rb") if args.file else sys.stdin.buffer  # noqa: SIM115
-    batches: dict[str, list[dict[str, Any]]] = {}
     imported = 0
 
-    def flush(client: httpx.Client, topic: str) -> None:
+    def parsed() -> Iterator[tuple[str, dict[str, Any]]]:
+        for number, raw in enumerate(source, 1):
+            if not raw.strip():
+                continue
+            try:
+                line = json.loads(raw)
+                event = {
+                    "type": line["type"],
+                    "data": line["data"],
+                    "id": line.get("id") or f"{line['topic']}:{line['seq']}",
+                }
+                yield args.topic or line["topic"], event
+            except (ValueError, KeyError, TypeError) as exc:
+                raise _NotAnExport(f"line {number} is not an export line: {exc}") from None
+
+    async def send(client: Client) -> None:
         nonlocal imported
-        batch = batches.pop(topic, [])
+        # In the export's order: a topic's pending batch goes before another topic's.
+        topic = ""
+        batch: list[dict[str, Any]] = []
+        for line_topic, event in parsed():
+            if batch and (line_topic != topic or len(batch) >= 500):
+                imported += await client.publish_many(topic, batch)
+                batch = []
+            topic = line_topic
+            batch.append(event)
         if batch:
-            response = client.post(f"/feeds/{topic}", json=batch)
-            if response.status_code != 202:
-                raise RuntimeError(f"{response.status_code}: {response.text}")
-            imported += len(batch)
+            imported += await client.publish_many(topic, batch)
 
     try:
-        with httpx.Client(base_url=settings.url, timeout=60, headers=_headers(settings)) as client:
-            for number, raw in enumerate(source, 1):
-                if not raw.strip():
-                    continue
-                try:
-                    line = json.loads(raw)
-                    topic = args.topic or line["topic"]
-                    event = {
-                        "type": line["type"],
-                        "data": line["data"],
-                        "id": line.get("id") or f"{line['topic']}:{line['seq']}",
-                    }
-                except (ValueError, KeyError, TypeError) as exc:
-                    message = f"line {number} is not an export line: {exc}"
-                    print(f"changefeed import: {message}", file=sys.stderr)
-                    return 2
-                # Keep the export's order: publish a topic's pending batch before another's.
-                for other in [t for t in batches if t != topic]:
-                    flush(client, other)
-                batches.setdefault(topic, []).append(event)
-                if len(batches[topic]) >= 500:
-                    flush(client, topic)
-            for topic in list(batches):
-                flush(client, topic)
-    except (httpx.HTTPError, RuntimeError) as exc:
-        print(f"changefeed import: stopped after {imported} events: {exc}", file=sys.stderr)
-        return 1
+        code = _over_http(
+            settings,
+            "import",
+            send,
+            lambda _: f"changefeed import: {imported} events sent (ones stored before are skipped)",
+        )
+    except _NotAnExport as exc:
+        print(f"changefeed import: {exc}", file=sys.stderr)
+        return 2
     finally:
         if args.file:
             source.close()
-    print(f"changefeed import: {imported} events sent (ones stored before are skipped)")
-    return 0
+    if code:
+        print(f"changefeed import: stopped after {imported} events", file=sys.stderr)
+    return code
+
+
+class _NotAnExport(ValueError):
+    """A line of the input is not a line of an export."""

@@ -119,10 +119,10 @@ class FeedController(Controller):
         "/{topic:str}/events",
         summary="Replay a page of stored events (JSON), or export a range (NDJSON)",
         description=(
-            "JSON: a page of `limit` events after `after`, and the URL of the next page. "
-            "With `Accept: application/x-ndjson`: every event with `after < seq < before` and "
-            "`since <= time < until` (ISO 8601), streamed one JSON object per line, up to the "
-            "head when the export started."
+            "The events with `after < seq < before` and `since <= time < until` (ISO 8601; "
+            "each bound optional): as JSON, a page of `limit` of them and the URL of the next "
+            "page; with `Accept: application/x-ndjson`, all of them, streamed one JSON object "
+            "per line, up to the head when the export started."
         ),
         responses={200: ResponseSpec(data_container=replay.ReplayPageDoc, description="A page")},
     )
@@ -135,34 +135,31 @@ class FeedController(Controller):
         after: Annotated[str, Parameter(query="after", description="Events after this seq")] = "0",
         limit: Annotated[str | None, Parameter(query="limit", description="Page size")] = None,
         before: Annotated[
-            str | None, Parameter(query="before", description="Export: events before this seq")
+            str | None, Parameter(query="before", description="Events before this seq")
         ] = None,
         since: Annotated[
-            str | None, Parameter(query="since", description="Export: from this time on")
+            str | None, Parameter(query="since", description="Events from this time on")
         ] = None,
         until: Annotated[
-            str | None, Parameter(query="until", description="Export: before this time")
+            str | None, Parameter(query="until", description="Events before this time")
         ] = None,
     ) -> Response[bytes] | Stream:
         check_topic(topic)
         principal.require("subscribe", topic)
-        start = parse_seq(after, "after")
+        span = replay.Range(
+            after=parse_seq(after, "after"),
+            before=parse_seq(before, "before") if before is not None else None,
+            since=replay.parse_time(since, "since"),
+            until=replay.parse_time(until, "until"),
+        )
         if "application/x-ndjson" in request.headers.get("accept", ""):
-            lines = await export.lines(
-                runtime.db,
-                topic,
-                after=start,
-                before=parse_seq(before, "before") if before is not None else None,
-                since=export.parse_time(since, "since"),
-                until=export.parse_time(until, "until"),
-                page_size=runtime.settings.max_page_events,
-            )
+            lines = await export.lines(runtime.db, topic, span, runtime.settings.max_page_events)
             return Stream(lines, media_type="application/x-ndjson")
         maximum = runtime.settings.max_page_events
         size = parse_seq(limit, "limit") if limit is not None else min(100, maximum)
         if not 1 <= size <= maximum:
             raise InvalidInput(f"limit must be between 1 and {maximum}")
-        body = await replay.read_page(runtime.db, topic, start, size)
+        body = await replay.read_page(runtime.db, topic, span, size)
         return Response(body, media_type="application/json")
 
 
