@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from changefeed.core.topics import EVENT_ID, TYPE
+from changefeed.core.topics import EVENT_ID, PATTERN, TOPIC, TYPE
 from changefeed.ops import migrate
 from tests.support import changefeed, create_database, new_topic
 
@@ -184,22 +184,36 @@ _odd = st.text(
 )
 
 
+_name = st.one_of(
+    _odd,
+    st.text(alphabet="abcXYZ019._:-*/ é", max_size=205),
+    st.from_regex(r"[A-Za-z0-9._:*-]{195,205}", fullmatch=True),
+)
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
-@given(value=_odd)
-def test_types_and_ids_follow_one_rule(rules_database: str, value: str) -> None:
-    """The HTTP layer's check and the inbox's are one rule, whatever the characters."""
+@given(value=_name)
+def test_names_types_and_ids_follow_one_rule(rules_database: str, value: str) -> None:
+    """The HTTP layer's checks and the database's are one rule each, whatever the text:
+    topics (and consumer names), patterns, types and ids."""
 
     async def check() -> None:
         conn = await asyncpg.connect(rules_database)
         try:
-            for column, rule in (("type", TYPE), ("id", EVENT_ID)):
-                statement = (
-                    "SELECT changefeed.event_ok('t', $1, NULL, 'null')"
-                    if column == "type"
-                    else "SELECT changefeed.event_ok('t', 'x', $1, 'null')"
-                )
+            for column, rule in (
+                ("topic", TOPIC),
+                ("pattern", PATTERN),
+                ("type", TYPE),
+                ("id", EVENT_ID),
+            ):
+                statement = {
+                    "topic": "SELECT changefeed.valid_topic($1)",
+                    "pattern": "SELECT changefeed.valid_pattern($1)",
+                    "type": "SELECT changefeed.event_ok('t', $1, NULL, 'null')",
+                    "id": "SELECT changefeed.event_ok('t', 'x', $1, 'null')",
+                }[column]
                 try:
-                    await conn.fetchval(statement, value)
+                    answer = await conn.fetchval(statement, value)
                 except (
                     asyncpg.InvalidParameterValueError,
                     asyncpg.CharacterNotInRepertoireError,
@@ -208,7 +222,7 @@ def test_types_and_ids_follow_one_rule(rules_database: str, value: str) -> None:
                 ):
                     stored = False
                 else:
-                    stored = True
+                    stored = answer is not False  # valid_*() answer; event_ok() raises
                 assert stored == bool(rule.fullmatch(value)), (column, value)
         finally:
             await conn.close()

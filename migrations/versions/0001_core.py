@@ -11,18 +11,17 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects.postgresql import JSONB
 
-from changefeed.core.schema import (
-    EVENTS_CHANNEL,
-    SCHEMA,
-    SEQUENCE_LOCK,
-    TOPIC_PATTERN,
-    TYPE_PATTERN,
-)
-
 revision = "0001"
 down_revision = None
 branch_labels = None
 depends_on = None
+
+# Frozen with this revision (a migration never imports the code it migrates for).
+EVENTS_CHANNEL = "changefeed_events"
+SCHEMA = "changefeed"
+SEQUENCE_LOCK = 4_210_881_002
+TOPIC_PATTERN = r"^[A-Za-z0-9._:-]{1,200}$"
+TYPE_PATTERN = r"^[^[:cntrl:]]{1,200}$"
 
 # Writers only INSERT here: no lock and no NOTIFY in their transactions, so they never wait
 # for each other. Limit for SQL producers: the changefeed.max_event_bytes setting

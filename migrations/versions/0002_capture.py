@@ -10,12 +10,14 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from changefeed.core.schema import SCHEMA, TOPIC_PATTERN
-
 revision = "0002"
 down_revision = "0001"
 branch_labels = None
 depends_on = None
+
+# Frozen with this revision (a migration never imports the code it migrates for).
+SCHEMA = "changefeed"
+TOPIC_PATTERN = r"^[A-Za-z0-9._:-]{1,200}$"
 
 # The row trigger: one event per changed row, in the writer's transaction. Its arguments are
 # the topic and the primary-key columns, fixed when the capture is declared (re-declare it
@@ -158,6 +160,22 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # Tables stop being captured first: their triggers depend on the functions below.
+    op.execute(
+        f"""
+        DO $do$
+        DECLARE
+            declared record;
+        BEGIN
+            FOR declared IN SELECT to_regclass(table_name) AS target FROM {SCHEMA}.captures LOOP
+                IF declared.target IS NOT NULL THEN
+                    PERFORM {SCHEMA}.uncapture(declared.target);
+                END IF;
+            END LOOP;
+        END
+        $do$;
+        """
+    )
     op.execute(f"DROP FUNCTION {SCHEMA}.capture(regclass, text)")
     op.execute(f"DROP FUNCTION {SCHEMA}.uncapture(regclass)")
     op.execute(f"DROP FUNCTION {SCHEMA}.capture_truncate()")

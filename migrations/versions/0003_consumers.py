@@ -11,12 +11,14 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects.postgresql import UUID
 
-from changefeed.core.schema import SCHEMA, TOPIC_PATTERN
-
 revision = "0003"
 down_revision = "0002"
 branch_labels = None
 depends_on = None
+
+# Frozen with this revision (a migration never imports the code it migrates for).
+SCHEMA = "changefeed"
+TOPIC_PATTERN = r"^[A-Za-z0-9._:-]{1,200}$"
 
 # Hand a batch to one worker of a consumer. Work is shared by topic: a worker leases the
 # topics it gets events of, so no two workers hold events of one topic at once and each

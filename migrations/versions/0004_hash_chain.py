@@ -7,15 +7,22 @@ Create Date: 2026-11-21
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
 import sqlalchemy as sa
 from alembic import op
-
-from changefeed.core.schema import EVENTS_CHANNEL, SCHEMA, SEQUENCE_LOCK
 
 revision = "0004"
 down_revision = "0003"
 branch_labels = None
 depends_on = None
+
+# Frozen with this revision (a migration never imports the code it migrates for).
+EVENTS_CHANNEL = "changefeed_events"
+SCHEMA = "changefeed"
+SEQUENCE_LOCK = 4_210_881_002
 
 # The canonical content of an event: a JSON array [topic, seq, type, data, time, id] as
 # PostgreSQL's jsonb prints it (keys sorted, fixed spacing), time in UTC with microseconds.
@@ -218,7 +225,17 @@ def downgrade() -> None:
     op.drop_column("topics", "head_hash", schema=SCHEMA)
     op.drop_column("events", "hash", schema=SCHEMA)
     # 0001's sequence() is restored by re-running its definition.
-    from importlib import import_module
-
-    core = import_module("migrations.versions.0001_core")
+    core = _revision("0001_core")
     op.execute(core.SEQUENCE.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1))
+
+
+def _revision(name: str) -> ModuleType:
+    """An earlier revision, loaded from its file beside this one: in a source checkout and
+    in the installed wheel alike (they are not importable as a package there)."""
+    spec = importlib.util.spec_from_file_location(
+        f"changefeed_revision_{name}", Path(__file__).with_name(f"{name}.py")
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -7,16 +7,23 @@ Create Date: 2026-11-21
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects.postgresql import JSONB
-
-from changefeed.core.schema import PATTERN_PATTERN, RETENTION_LOCK, SCHEMA
 
 revision = "0005"
 down_revision = "0004"
 branch_labels = None
 depends_on = None
+
+# Frozen with this revision (a migration never imports the code it migrates for).
+PATTERN_PATTERN = r"^[A-Za-z0-9._:*-]{1,200}$"
+RETENTION_LOCK = 4_210_881_004
+SCHEMA = "changefeed"
 
 # The policy that governs a topic: an exact name wins over patterns, a longer pattern over a
 # shorter one. Patterns use the stream selector's syntax: ``*`` is any run of characters.
@@ -353,9 +360,19 @@ def downgrade() -> None:
     op.drop_column("topics", "first_seq", schema=SCHEMA)
     op.drop_table("retention", schema=SCHEMA)
     # 0004's verify() and 0002's capture trigger are restored by re-running them.
-    from importlib import import_module
-
-    chain = import_module("migrations.versions.0004_hash_chain")
+    chain = _revision("0004_hash_chain")
     op.execute(chain.VERIFY.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1))
-    capture = import_module("migrations.versions.0002_capture")
+    capture = _revision("0002_capture")
     op.execute(capture.CAPTURE_ROW.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1))
+
+
+def _revision(name: str) -> ModuleType:
+    """An earlier revision, loaded from its file beside this one: in a source checkout and
+    in the installed wheel alike (they are not importable as a package there)."""
+    spec = importlib.util.spec_from_file_location(
+        f"changefeed_revision_{name}", Path(__file__).with_name(f"{name}.py")
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

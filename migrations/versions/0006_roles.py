@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from alembic import op
 
-from changefeed.core.schema import PRODUCER_ROLE, SCHEMA
-
 revision = "0006"
 down_revision = "0005"
 branch_labels = None
 depends_on = None
+
+# Frozen with this revision (a migration never imports the code it migrates for).
+PRODUCER_ROLE = "changefeed_producer"
+SCHEMA = "changefeed"
 
 # Functions that run with their owner's rights (the role that migrated, which owns the
 # schema), so that callers need no rights on the tables: publish() for producers, and the

@@ -18,12 +18,15 @@ from __future__ import annotations
 
 from alembic import op
 
-from changefeed.core.schema import EVENTS_CHANNEL, SCHEMA, SEQUENCE_LOCK
-
 revision = "0007"
 down_revision = "0006"
 branch_labels = None
 depends_on = None
+
+# Frozen with this revision (a migration never imports the code it migrates for).
+EVENTS_CHANNEL = "changefeed_events"
+SCHEMA = "changefeed"
+SEQUENCE_LOCK = 4_210_881_002
 
 TOPIC_CHECK = "length(topic) BETWEEN 1 AND 200 AND topic ~ '^[A-Za-z0-9._:-]+$'"
 TYPE_CHECK = "length(type) BETWEEN 1 AND 200 AND type !~ '[[:cntrl:]]'"

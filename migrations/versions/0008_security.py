@@ -27,15 +27,21 @@ Create Date: 2026-12-02
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
 import sqlalchemy as sa
 from alembic import op
-
-from changefeed.core.schema import SCHEMA, TEXT_FORBIDDEN_SQL
 
 revision = "0008"
 down_revision = "0007"
 branch_labels = None
 depends_on = None
+
+# Frozen with this revision (a migration never imports the code it migrates for).
+SCHEMA = "changefeed"
+TEXT_FORBIDDEN_SQL = r"[\x01-\x1f\x7f-\x9f\u2028\u2029]"
 
 PINNED = f"pg_catalog, {SCHEMA}, pg_temp"
 
@@ -533,16 +539,14 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    from importlib import import_module
-
     op.drop_column("consumers", "owner", schema=SCHEMA)
     for function in PLPGSQL:
         op.execute(f"ALTER FUNCTION {SCHEMA}.{function} RESET search_path")
-    core = import_module("migrations.versions.0002_capture")
-    retention = import_module("migrations.versions.0005_retention")
-    chain = import_module("migrations.versions.0004_hash_chain")
-    cheaper = import_module("migrations.versions.0007_cheaper")
-    roles = import_module("migrations.versions.0006_roles")
+    core = _revision("0002_capture")
+    retention = _revision("0005_retention")
+    chain = _revision("0004_hash_chain")
+    cheaper = _revision("0007_cheaper")
+    roles = _revision("0006_roles")
     replace = "CREATE OR REPLACE FUNCTION"
     op.execute(
         f"""
@@ -592,3 +596,15 @@ def downgrade() -> None:
     op.execute(f"DROP FUNCTION {SCHEMA}.event_ok(text, text, text, jsonb)")
     op.execute(f"DROP FUNCTION {SCHEMA}.check_event_data(text, jsonb)")
     op.execute(f"DROP FUNCTION {SCHEMA}.max_event_bytes()")
+
+
+def _revision(name: str) -> ModuleType:
+    """An earlier revision, loaded from its file beside this one: in a source checkout and
+    in the installed wheel alike (they are not importable as a package there)."""
+    spec = importlib.util.spec_from_file_location(
+        f"changefeed_revision_{name}", Path(__file__).with_name(f"{name}.py")
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

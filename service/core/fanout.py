@@ -43,6 +43,10 @@ class Batch:
     data: bytes
     count: int
 
+    def continues(self, last: int) -> bool:
+        """Whether this batch starts right after position ``last`` (the hand-over rule)."""
+        return self.first == last + 1
+
 
 class Subscription:
     """One stream's place in the fan-out: a bounded queue of batches and a wake-up."""
@@ -93,7 +97,7 @@ class Subscription:
         """Hand a batch to the stream: written at once when the stream is parked, caught up
         and its connection writable; else queued, and past the limit everything queued is
         dropped and the overflow flagged (the stream then reads the table)."""
-        if batch.first == self.last + 1 and self.write_parked(batch.data):
+        if batch.continues(self.last) and self.write_parked(batch.data):
             self.last = batch.last
             metrics.delivered.inc(batch.count)
             metrics.direct_writes.inc()

@@ -11,15 +11,6 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 
 SCHEMA = "changefeed"
-TOPIC_PATTERN = r"^[A-Za-z0-9._:-]{1,200}$"
-TYPE_PATTERN = r"^[^[:cntrl:]]{1,200}$"
-# What types and ids may not contain, as a PostgreSQL regex class: control characters (C0,
-# DEL, C1) and the line and paragraph separators, which some SSE parsers split lines at.
-# The same code points as topics.FORBIDDEN (NUL cannot occur in PostgreSQL text); spelled
-# out, since [[:cntrl:]] depends on the database's locale. Since migration 0008.
-TEXT_FORBIDDEN_SQL = r"[\x01-\x1f\x7f-\x9f\u2028\u2029]"
-# Topic patterns (retention policies): topic characters and * for any run of them.
-PATTERN_PATTERN = r"^[A-Za-z0-9._:*-]{1,200}$"
 # pg_notify channels: sequenced batches (hints for replicas) and wake-ups for the sequencer.
 EVENTS_CHANNEL = "changefeed_events"
 WAKE_CHANNEL = "changefeed_wake"
@@ -106,7 +97,7 @@ retention = sa.Table(
     sa.Column(
         "updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
     ),
-    sa.CheckConstraint(f"pattern ~ '{PATTERN_PATTERN}'", name="retention_pattern_format"),
+    sa.CheckConstraint(f"{SCHEMA}.valid_pattern(pattern)", name="retention_pattern_format"),
     sa.CheckConstraint("max_age > interval '0'", name="retention_max_age_positive"),
     sa.CheckConstraint("max_count >= 1", name="retention_max_count_positive"),
 )
@@ -145,7 +136,7 @@ consumers = sa.Table(
     ),
     # The subject that created it (a token's `sub`); NULL without authentication.
     sa.Column("owner", sa.Text),
-    sa.CheckConstraint(f"name ~ '{TOPIC_PATTERN}'", name="consumers_name_format"),
+    sa.CheckConstraint(f"{SCHEMA}.valid_topic(name)", name="consumers_name_format"),
 )
 
 consumer_topics = sa.Table(

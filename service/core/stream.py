@@ -22,7 +22,7 @@ from .. import logs
 from . import events, frames, metrics
 from .database import UNAVAILABLE, Database
 from .events import AfterHead
-from .fanout import GLOBAL, Hub, Subscription
+from .fanout import GLOBAL, Batch, Hub, Subscription
 from .topics import Selector
 
 log = logs.get(__name__)
@@ -125,6 +125,23 @@ class SelectionSource:
 
 
 Source = TopicSource | SelectionSource
+
+
+def hand_over(batches: list[Batch], last: int) -> tuple[list[Batch], int, bool]:
+    """The stream's one hand-over rule, from live batches to its position ``last``: take a
+    batch only if it starts at ``last + 1``. Returns the batches taken, the new position,
+    and whether the stream is behind: a batch that leaves a gap or overlaps what was sent
+    stops the taking, and the table settles it. Batches wholly at or before ``last`` were
+    already sent from the table, and are passed over."""
+    taken: list[Batch] = []
+    for batch in batches:
+        if batch.last <= last:
+            continue
+        if not batch.continues(last):
+            return taken, last, True
+        taken.append(batch)
+        last = batch.last
+    return taken, last, False
 
 
 async def open_stream(
@@ -235,18 +252,11 @@ async def _frames(
                 )
                 return
             batches, behind = sub.take()
-            ready: list[bytes] = []
-            for batch in batches:
-                if batch.last <= last:
-                    continue  # already sent from the table
-                if batch.first != last + 1:
-                    behind = True  # a gap or an overlap: the table settles it
-                    break
-                ready.append(batch.data)
-                metrics.delivered.inc(batch.count)
-                last = batch.last
+            ready, last, gap = hand_over(batches, last)
             if ready:
-                yield b"".join(ready)
+                metrics.delivered.inc(sum(batch.count for batch in ready))
+                yield b"".join(batch.data for batch in ready)
+            behind = behind or gap
             fetched = sub.feed.fetched
             if behind or (fetched is not None and last < fetched):
                 try:

@@ -9,9 +9,10 @@ TOPIC = re.compile(r"[A-Za-z0-9._:-]{1,200}")
 # What event types and ids may not contain: control characters (C0, DEL and C1, which holds
 # U+0085) and the line and paragraph separators U+2028 and U+2029. SSE splits lines only at
 # CR and LF, but parsers built on `str.splitlines` (httpx-sse before 0.4.2, among others)
-# split at all of these, which would let a type forge an `id:` line. The inbox's checks
-# refuse the same code points (schema.TEXT_FORBIDDEN_SQL): one rule, two spellings, and a
-# test that compares them.
+# split at all of these, which would let a type forge an `id:` line. The inbox's check
+# (changefeed.event_ok()) refuses the same code points, as changefeed.valid_topic() and
+# valid_pattern() apply TOPIC and PATTERN: one rule each, two spellings, and a test that
+# compares them (tests/test_event_rules.py).
 FORBIDDEN = "\x00-\x1f\x7f-\x9f\u2028\u2029"
 TYPE = re.compile(f"[^{FORBIDDEN}]{{1,200}}")
 EVENT_ID = TYPE

@@ -40,6 +40,11 @@ def upgrade(
     command.upgrade(config, revision)
 
 
+def downgrade(database_url: str, revision: str) -> None:
+    """Take the schema back to ``revision`` (``base``: remove it all)."""
+    command.downgrade(_config(database_url), revision)
+
+
 def head_revision() -> str:
     """The newest revision this code knows."""
     head = ScriptDirectory.from_config(_config("")).get_current_head()
