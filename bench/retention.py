@@ -31,8 +31,8 @@ import asyncpg
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from changefeed.ops import migrate
-from changefeed.ops.cluster import Cluster, free_port
-from tests.support import create_database, private_tempdir
+from changefeed.ops.cluster import free_port
+from tests.support import create_database, temporary_cluster
 
 
 class Writer:
@@ -209,9 +209,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=1_000_000)
     args = parser.parse_args()
-    cluster = Cluster(private_tempdir("changefeed-bench-"), tcp_port=free_port())
-    await asyncio.to_thread(cluster.ensure)
-    try:
+    with temporary_cluster("changefeed-bench-", tcp_port=free_port()) as cluster:
         url = await create_database(cluster.url_for("postgres"))
         await asyncio.to_thread(migrate.upgrade, url)
         conn = await asyncpg.connect(url)
@@ -220,8 +218,6 @@ async def main() -> None:
             await partitions(url, conn, args.events)
         finally:
             await conn.close()
-    finally:
-        cluster.stop("fast")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -171,19 +172,23 @@ class Nchan:
         )
 
 
+def wait_for_port(port: int, seconds: float) -> None:
+    """Until something accepts connections on ``port`` (a server just started)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on port {port} after {seconds} s")
+
+
 def naive_target(url: str, via: Target) -> tuple[Target, subprocess.Popen[bytes]]:
     port = free_port()
     env = {**os.environ, "CHANGEFEED_DATABASE_URL": url}
     process = subprocess.Popen([sys.executable, str(HERE / "naive.py"), str(port)], env=env)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            import socket
-
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.1)
+    wait_for_port(port, 20)
     pid = process.pid
     # Events go through changefeed (its sequencer fills the table the baseline polls).
     return Target("naive", port, lambda t: f"/feeds/{t}", via.publish, lambda: [pid]), process
@@ -222,15 +227,7 @@ def granian_target(url: str) -> tuple[Target, subprocess.Popen[bytes]] | None:
         cwd=HERE.parent,
         env=env,
     )
-    import socket
-
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.1)
+    wait_for_port(port, 30)
     time.sleep(1)
 
     async def publish(
@@ -309,30 +306,16 @@ async def fanout(
     """N subscribers on one topic, events published at ``rate`` for ``seconds``."""
     topic = f"bench{time.time_ns()}"
     work = Path(tempfile.mkdtemp(prefix="loadgen-"))
-    ready, start = work / "ready", work / "start"
-    loadgen = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(HERE / "loadgen.py"),
-        "--port",
-        str(target.port),
-        "--path",
+    start = work / "start"
+    loadgen = await start_loadgen(
+        target.port,
         target.sub_path(topic),
-        "--subscribers",
-        str(subscribers),
-        "--seconds",
-        str(seconds + 1.5),
-        "--sample",
-        str(min(subscribers, 100)),
-        "--ready-file",
-        str(ready),
-        "--start-file",
-        str(start),
-        stdout=asyncio.subprocess.PIPE,
+        subscribers=subscribers,
+        seconds=seconds + 1.5,
+        sample=min(subscribers, 100),
+        work=work,
+        start=start,
     )
-    while not ready.exists():
-        if loadgen.returncode is not None:
-            raise RuntimeError("loadgen failed")
-        await asyncio.sleep(0.05)
     await asyncio.sleep(1.0)
     server_cpu, pg_cpu = cpu_seconds(target.pids()), cpu_seconds(pg_pids())
     start.touch()
@@ -378,31 +361,59 @@ async def fanout(
     }
 
 
-async def idle(service: Service, streams: int, rest_seconds: float) -> dict[str, Any]:
-    target = changefeed_target(service)
-    pids = target.pids()
-    work = Path(tempfile.mkdtemp(prefix="loadgen-"))
+async def start_loadgen(
+    port: int,
+    path: str,
+    *,
+    subscribers: int,
+    seconds: float,
+    sample: int,
+    work: Path,
+    start: Path | None = None,
+) -> asyncio.subprocess.Process:
+    """bench/loadgen.py holding ``subscribers`` streams on ``path``, once all are connected;
+    with ``start``, it counts frames only once that file exists."""
     ready = work / "ready"
-    rss_before = rss_bytes(pids)
+    options = ["--start-file", str(start)] if start is not None else []
     loadgen = await asyncio.create_subprocess_exec(
         sys.executable,
         str(HERE / "loadgen.py"),
         "--port",
-        str(target.port),
+        str(port),
         "--path",
-        "/feeds/idle",
+        path,
         "--subscribers",
-        str(streams),
+        str(subscribers),
         "--seconds",
-        str(rest_seconds + 10),
+        str(seconds),
         "--sample",
-        "0",
+        str(sample),
         "--ready-file",
         str(ready),
+        *options,
         stdout=asyncio.subprocess.PIPE,
     )
-    while not ready.exists():
-        await asyncio.sleep(0.1)
+    async with asyncio.timeout(300):
+        while not ready.exists():
+            if loadgen.returncode is not None:
+                raise RuntimeError("loadgen failed")
+            await asyncio.sleep(0.05)
+    return loadgen
+
+
+async def idle(service: Service, streams: int, rest_seconds: float) -> dict[str, Any]:
+    target = changefeed_target(service)
+    pids = target.pids()
+    work = Path(tempfile.mkdtemp(prefix="loadgen-"))
+    rss_before = rss_bytes(pids)
+    loadgen = await start_loadgen(
+        target.port,
+        "/feeds/idle",
+        subscribers=streams,
+        seconds=rest_seconds + 10,
+        sample=0,
+        work=work,
+    )
     await asyncio.sleep(3)
     rss_after = rss_bytes(pids)
     cpu = cpu_seconds(pids)

@@ -28,8 +28,8 @@ import asyncpg
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from changefeed.ops import migrate
-from changefeed.ops.cluster import Cluster, free_port
-from tests.support import create_database, private_tempdir
+from changefeed.ops.cluster import free_port
+from tests.support import create_database, temporary_cluster
 
 DATA = '{"id": %d, "name": "customer %d", "amount": %d.5, "tags": ["a", "b"]}'
 # The same with zeros, which the inbox's check prints one by one (a zero keeps its scale).
@@ -93,9 +93,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=50_000)
     args = parser.parse_args()
-    cluster = Cluster(private_tempdir("changefeed-bench-"), tcp_port=free_port())
-    await asyncio.to_thread(cluster.ensure)
-    try:
+    with temporary_cluster("changefeed-bench-", tcp_port=free_port()) as cluster:
         results = {}
         for revision in ("0007", "head"):
             url = await create_database(cluster.url_for("postgres"))
@@ -104,8 +102,6 @@ async def main() -> None:
         print(f"{'µs per row or call':<28} {'0007':>8} {'head':>8}")
         for key in results["head"]:
             print(f"{key:<28} {results['0007'][key]:>8.1f} {results['head'][key]:>8.1f}")
-    finally:
-        cluster.destroy()
 
 
 if __name__ == "__main__":

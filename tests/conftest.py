@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
@@ -14,7 +13,7 @@ import pytest
 
 from changefeed.ops import migrate
 from changefeed.ops.cluster import Cluster, free_port
-from tests.support import Service, create_database, private_tempdir, url_with_database
+from tests.support import Service, create_database, temporary_cluster, url_with_database
 
 TEMPLATE = "cf_template"
 
@@ -25,14 +24,8 @@ def cluster() -> Iterator[Cluster | None]:
     if os.environ.get("CHANGEFEED_TEST_DATABASE_URL"):
         yield None
         return
-    directory = private_tempdir("changefeed-test-pg-")
-    pg = Cluster(directory, tcp_port=free_port(), durable=False)
-    pg.ensure()
-    try:
+    with temporary_cluster("changefeed-test-pg-", tcp_port=free_port(), durable=False) as pg:
         yield pg
-    finally:
-        pg.stop("immediate")
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -76,11 +69,8 @@ async def module_database(admin_url: str, template: str) -> str:
 @pytest.fixture(scope="module")
 def service(module_database: str) -> Iterator[Service]:
     """One service process per test module; tests keep apart by using their own topics."""
-    svc = Service(module_database).start()
-    try:
+    with Service(module_database) as svc:
         yield svc
-    finally:
-        svc.stop()
 
 
 @pytest.fixture

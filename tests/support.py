@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -14,16 +15,17 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
 from httpx_sse import ServerSentEvent, aconnect_sse
 
-from changefeed.ops.cluster import free_port
+from changefeed.ops.cluster import Cluster, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -49,6 +51,20 @@ def private_tempdir(prefix: str) -> Path:
     path = Path(tempfile.mkdtemp(prefix=prefix))
     path.chmod(0o755)
     return path
+
+
+@contextlib.contextmanager
+def temporary_cluster(prefix: str, *, within: str = "", **options: Any) -> Iterator[Cluster]:
+    """A running PostgreSQL cluster of our own in a new temporary directory (in its
+    subdirectory ``within``, if given), stopped and removed on exit."""
+    directory = private_tempdir(prefix)
+    cluster = Cluster(directory / within, **options)
+    try:
+        cluster.ensure()
+        yield cluster
+    finally:
+        cluster.stop("immediate")
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 async def create_database(admin_url: str, template: str | None = None) -> str:
@@ -123,6 +139,12 @@ class Service:
         if self.process.returncode == 0 and self.log_path is not None:
             self.log_path.unlink(missing_ok=True)
         return self.process.returncode
+
+    def __enter__(self) -> Service:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def kill(self) -> None:
         """SIGKILL: no graceful anything."""
@@ -433,3 +455,106 @@ def changefeed(
         text=True,
         timeout=timeout,
     )
+
+
+@dataclass
+class Ledger:
+    """What writers know of their writes, to check a topic's log against (Jepsen's queue
+    anomalies): acknowledged, failed (rolled back or refused), or unknown (the connection
+    died during the commit). Each write's data is ``{"k": key}``."""
+
+    ok: set[str] = field(default_factory=set)
+    failed: set[str] = field(default_factory=set)
+    unknown: set[str] = field(default_factory=set)
+    http_retries: int = 0
+
+    def anomalies(
+        self, log: list[tuple[int, str]], received: dict[str, list[tuple[int, str]]]
+    ) -> list[str]:
+        """What is wrong with ``log`` (seq, key) and with what each reader ``received``."""
+        keys = [k for _, k in log]
+        found = []
+        if [s for s, _ in log] != list(range(1, len(log) + 1)):
+            found.append("the log has gaps")
+        if len(set(keys)) != len(keys):
+            found.append("an event is stored twice")
+        if lost := self.ok - set(keys):
+            found.append(f"lost acknowledged writes: {sorted(lost)[:10]}")
+        if aborted := self.failed & set(keys):
+            found.append(f"rolled-back writes read: {sorted(aborted)[:10]}")
+        if stray := set(keys) - self.ok - self.unknown:
+            found.append(f"events nobody wrote: {sorted(stray)[:10]}")
+        found += [f"{name} disagrees with the log" for name, got in received.items() if got != log]
+        return found
+
+
+async def publish_keys(conn: asyncpg.Connection, topic: str, keys: list[str]) -> None:
+    """Publish one event ``{"k": key}`` per key from SQL, in the connection's transaction."""
+    for k in keys:
+        await conn.execute(
+            "SELECT changefeed.publish($1, 'sql', $2::jsonb)", topic, json.dumps({"k": k})
+        )
+
+
+async def sequenced_log(url: str, topic: str, timeout: float) -> list[tuple[int, str]]:
+    """A topic's log as (seq, data.k), once nothing of it waits in the inbox."""
+    conn = await asyncpg.connect(url)
+    try:
+
+        async def sequenced() -> bool:
+            pending = await conn.fetchval(
+                "SELECT count(*) FROM changefeed.inbox WHERE topic = $1", topic
+            )
+            return bool(pending == 0)
+
+        await wait_for(sequenced, timeout=timeout)
+        rows = await conn.fetch(
+            "SELECT seq, data::text FROM changefeed.events WHERE topic = $1 ORDER BY seq", topic
+        )
+        return [(r["seq"], json.loads(r["data"])["k"]) for r in rows]
+    finally:
+        await conn.close()
+
+
+@dataclass
+class Reader:
+    """A subscriber that reads a random number of events, disconnects and resumes with
+    ``Last-Event-ID`` (the id as the stream sent it), as a browser's EventSource does,
+    until ``done`` is set and it has reached ``final[0]``. ``key`` turns an event into
+    (position, what identifies it); a reset frame fails the test."""
+
+    name: str
+    key: Callable[[ServerSentEvent], tuple[int, str]]
+    received: list[tuple[int, str]] = field(default_factory=list)
+    sessions: int = 0
+    last_id: str | None = None
+
+    async def run(
+        self,
+        client: httpx.AsyncClient,
+        topic: str,
+        done: asyncio.Event,
+        final: list[int],
+        rng: random.Random,
+        most: int = 40,
+    ) -> list[tuple[int, str]]:
+        while True:
+            last = self.received[-1][0] if self.received else None
+            if done.is_set() and last == final[0]:
+                return self.received
+            self.sessions += 1
+            # First session: the whole topic; then resume with the browser's header.
+            options = {"after": 0} if last is None else {"last_event_id": self.last_id}
+            budget = rng.randint(1, most)
+            async with subscribe(client, topic, **options) as stream:  # type: ignore[arg-type]
+                while budget > 0:
+                    try:
+                        event = await stream.next(timeout=0.5)
+                    except TimeoutError:
+                        if done.is_set():
+                            break
+                        continue
+                    assert event.event != "reset", event.data
+                    self.received.append(self.key(event))
+                    self.last_id = event.id
+                    budget -= 1

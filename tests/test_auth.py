@@ -61,7 +61,7 @@ def bearer(value: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def service(module_database: str) -> Iterator[Service]:
-    svc = Service(
+    with Service(
         module_database,
         env={
             "CHANGEFEED_AUTH": "jwt",
@@ -72,12 +72,8 @@ def service(module_database: str) -> Iterator[Service]:
             "CHANGEFEED_SUBJECT_PUBLISH_BURST": "20",
             "CHANGEFEED_CORS_ORIGINS": "https://app.example",
         },
-    )
-    svc.start()
-    try:
+    ) as svc:
         yield svc
-    finally:
-        svc.stop()
 
 
 @contextlib.asynccontextmanager
@@ -455,6 +451,7 @@ async def test_public_key_modes(database: str, keys: dict[str, object], mode: st
         svc.stop()
 
 
+@pytest.mark.slow
 def test_serve_makes_a_configured_database_choose_authentication(module_database: str) -> None:
     unset = changefeed("serve", "--port", "0", env={"CHANGEFEED_DATABASE_URL": module_database})
     assert unset.returncode == 2

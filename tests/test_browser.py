@@ -5,13 +5,14 @@ header must beat), and ends with every event exactly once, in order."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
 import threading
 import time
+from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -25,9 +26,12 @@ CHROMIUM = next(
     (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None
 )
 # CI installs Chromium (.ci/run); elsewhere the test is skipped when it is missing.
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None and not os.environ.get("CI"), reason="Chromium is not installed"
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        CHROMIUM is None and not os.environ.get("CI"), reason="Chromium is not installed"
+    ),
+]
 
 PAGE = b"""<!doctype html>
 <meta charset="utf-8">
@@ -52,10 +56,13 @@ feed.addEventListener("tick", (e) => {
 """
 
 
-async def _chromium(profile: Path, url: str) -> asyncio.subprocess.Process:
-    """Headless Chromium on ``url``, with the flags this closed network needs."""
-    assert CHROMIUM is not None
-    return await asyncio.create_subprocess_exec(
+@contextlib.asynccontextmanager
+async def _chromium(url: str) -> AsyncIterator[None]:
+    """Headless Chromium on ``url`` in a fresh profile, with the flags this closed network
+    needs; killed on exit."""
+    assert CHROMIUM is not None, "CI must install chromium"
+    profile = private_tempdir("changefeed-chromium-")
+    process = await asyncio.create_subprocess_exec(
         CHROMIUM,
         "--headless",
         "--no-sandbox",
@@ -70,6 +77,12 @@ async def _chromium(profile: Path, url: str) -> asyncio.subprocess.Process:
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
     )
+    try:
+        yield
+    finally:
+        process.kill()
+        await process.wait()
+        shutil.rmtree(profile, ignore_errors=True)
 
 
 class _PageServer:
@@ -77,6 +90,7 @@ class _PageServer:
 
     def __init__(self, cookie: str | None = None) -> None:
         self.port = free_port()
+        self.origin = f"http://127.0.0.1:{self.port}"
         self.latest: dict[str, Any] = {"opens": 0, "seen": [], "resets": []}
         self.changed = threading.Condition()
         server = self
@@ -123,73 +137,64 @@ class _PageServer:
         self.httpd.shutdown()
 
 
+@contextlib.contextmanager
+def _page_and_service(
+    database: str, env: dict[str, str] | None = None, cookie: str | None = None
+) -> Iterator[tuple[_PageServer, Service]]:
+    """The page's server, and a service that lets the page's origin read its feeds."""
+    page = _PageServer(cookie)
+    try:
+        with Service(database, env={"CHANGEFEED_CORS_ORIGINS": page.origin, **(env or {})}) as svc:
+            yield page, svc
+    finally:
+        page.close()
+
+
 async def test_eventsource_resumes_exactly_across_a_service_restart(
     module_database: str,
 ) -> None:
-    assert CHROMIUM is not None, "CI must install chromium"
-    page = _PageServer()
-    origin = f"http://127.0.0.1:{page.port}"
-    env = {"CHANGEFEED_CORS_ORIGINS": origin, "CHANGEFEED_RETRY_MILLISECONDS": "200"}
-    service = Service(module_database, env=env).start()
     topic = new_topic("browser")
-    profile = private_tempdir("changefeed-chromium-")
-    browser: asyncio.subprocess.Process | None = None
-    db = await asyncpg.connect(module_database)
-    try:
+    env = {"CHANGEFEED_RETRY_MILLISECONDS": "200"}
+    with _page_and_service(module_database, env) as (page, service):
         async with httpx.AsyncClient(base_url=service.base_url, timeout=10) as client:
             batch = [{"type": "tick", "data": {"n": n}} for n in (1, 2, 3)]
             assert (await client.post(f"/feeds/{topic}", json=batch)).status_code == 202
 
         feed = f"{service.base_url}/feeds/{topic}?after=0"
-        browser = await _chromium(profile, f"{origin}/?feed={feed}")
-        await page.wait(lambda s: len(s["seen"]) >= 3)
+        async with _chromium(f"{page.origin}/?feed={feed}"):
+            await page.wait(lambda s: len(s["seen"]) >= 3)
 
-        # Restart the service; meanwhile an application publishes from SQL.
-        assert service.stop() == 0
-        for n in (4, 5, 6):
-            await db.execute(
-                "SELECT changefeed.publish($1, 'tick', $2::jsonb)", topic, json.dumps({"n": n})
-            )
-        service.start()
+            # Restart the service; meanwhile an application publishes from SQL.
+            assert service.stop() == 0
+            db = await asyncpg.connect(module_database)
+            try:
+                for n in (4, 5, 6):
+                    await db.execute(
+                        "SELECT changefeed.publish($1, 'tick', $2::jsonb)",
+                        topic,
+                        json.dumps({"n": n}),
+                    )
+            finally:
+                await db.close()
+            service.start()
 
-        final = await page.wait(lambda s: len(s["seen"]) >= 6 and s["opens"] >= 2)
+            final = await page.wait(lambda s: len(s["seen"]) >= 6 and s["opens"] >= 2)
         assert final["seen"] == [[str(n), n] for n in range(1, 7)]
-    finally:
-        if browser is not None:
-            browser.kill()
-            await browser.wait()
-        await db.close()
-        service.stop()
-        page.close()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 async def test_eventsource_page_reads_a_reset_frame(module_database: str) -> None:
     """A resume point the topic cannot vouch for: the page is told, then gets the topic."""
-    assert CHROMIUM is not None, "CI must install chromium"
-    page = _PageServer()
-    origin = f"http://127.0.0.1:{page.port}"
-    service = Service(module_database, env={"CHANGEFEED_CORS_ORIGINS": origin}).start()
     topic = new_topic("browser")
-    profile = private_tempdir("changefeed-chromium-")
-    browser: asyncio.subprocess.Process | None = None
-    try:
+    with _page_and_service(module_database) as (page, service):
         async with httpx.AsyncClient(base_url=service.base_url, timeout=10) as client:
             batch = [{"type": "tick", "data": {"n": n}} for n in (1, 2, 3)]
             assert (await client.post(f"/feeds/{topic}", json=batch)).status_code == 202
         # An id of another history at seq 2 (as after a database restore).
         feed = f"{service.base_url}/feeds/{topic}?after=2.00000000"
-        browser = await _chromium(profile, f"{origin}/?feed={feed}")
-        final = await page.wait(lambda s: len(s["seen"]) >= 3)
+        async with _chromium(f"{page.origin}/?feed={feed}"):
+            final = await page.wait(lambda s: len(s["seen"]) >= 3)
         assert final["resets"] == ["mismatch"]
         assert final["seen"] == [[str(n), n] for n in (1, 2, 3)]
-    finally:
-        if browser is not None:
-            browser.kill()
-            await browser.wait()
-        service.stop()
-        page.close()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 async def test_eventsource_authenticates_with_a_cookie(module_database: str) -> None:
@@ -197,21 +202,12 @@ async def test_eventsource_authenticates_with_a_cookie(module_database: str) -> 
     token as a cookie to the service, another origin of the same site."""
     import jwt
 
-    assert CHROMIUM is not None, "CI must install chromium"
     topic = new_topic("browser")
     secret = "a-browser-test-secret-long-enough-for-hs256"
     claims = {"sub": "page", "exp": int(time.time()) + 300, "changefeed": {"subscribe": [topic]}}
-    page = _PageServer(cookie=f"changefeed_token={jwt.encode(claims, secret)}")
-    origin = f"http://127.0.0.1:{page.port}"
-    env = {
-        "CHANGEFEED_CORS_ORIGINS": origin,
-        "CHANGEFEED_AUTH": "jwt",
-        "CHANGEFEED_JWT_SECRET": secret,
-    }
-    service = Service(module_database, env=env).start()
-    profile = private_tempdir("changefeed-chromium-")
-    browser: asyncio.subprocess.Process | None = None
-    try:
+    cookie = f"changefeed_token={jwt.encode(claims, secret)}"
+    env = {"CHANGEFEED_AUTH": "jwt", "CHANGEFEED_JWT_SECRET": secret}
+    with _page_and_service(module_database, env, cookie) as (page, service):
         publisher = {
             "sub": "app",
             "exp": int(time.time()) + 300,
@@ -225,13 +221,6 @@ async def test_eventsource_authenticates_with_a_cookie(module_database: str) -> 
             # Without the cookie the same stream is refused.
             assert (await client.get(f"/feeds/{topic}/events")).status_code == 401
         feed = f"{service.base_url}/feeds/{topic}?after=0"
-        browser = await _chromium(profile, f"{origin}/?credentials=1&feed={feed}")
-        final = await page.wait(lambda s: len(s["seen"]) >= 3)
+        async with _chromium(f"{page.origin}/?credentials=1&feed={feed}"):
+            final = await page.wait(lambda s: len(s["seen"]) >= 3)
         assert final["seen"] == [[str(n), n] for n in (1, 2, 3)]
-    finally:
-        if browser is not None:
-            browser.kill()
-            await browser.wait()
-        service.stop()
-        page.close()
-        shutil.rmtree(profile, ignore_errors=True)

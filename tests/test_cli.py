@@ -38,6 +38,7 @@ def _changefeed(
     return changefeed(*args, env=env, timeout=timeout)
 
 
+@pytest.mark.slow
 async def test_concurrent_migrations_are_safe_and_idempotent(admin_url: str) -> None:
     url = await create_database(admin_url)
     env = {"CHANGEFEED_DATABASE_URL": url}
@@ -63,7 +64,7 @@ async def test_concurrent_migrations_are_safe_and_idempotent(admin_url: str) -> 
     again = _changefeed("migrate", env=env)
     assert again.returncode == 0, again.stderr
 
-    # The migrated schema is exactly the SQLAlchemy metadata in service/schema.py.
+    # The migrated schema is exactly the SQLAlchemy metadata in service/core/schema.py.
     engine = create_async_engine(
         "postgresql+asyncpg://", async_creator=lambda: asyncpg.connect(url), poolclass=pool.NullPool
     )
@@ -142,6 +143,7 @@ def _binaries() -> list[object]:
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bin_dir", _binaries())
 async def test_embedded_default_runs_publishes_streams_and_stops_its_cluster(
     bin_dir: Path | None,

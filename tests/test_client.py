@@ -11,6 +11,7 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+import pytest
 
 from changefeed.client import Client, ClientError, FileCheckpoint, TableCheckpoint
 from tests.support import Service, changefeed, new_topic, publish, subscribe
@@ -45,6 +46,7 @@ async def test_feed_resumes_from_a_file_checkpoint(
     assert path.read_text().strip() == "9"
 
 
+@pytest.mark.slow
 async def test_feed_follows_a_pattern_and_reconnects_across_a_restart(
     module_database: str,
 ) -> None:
@@ -160,6 +162,7 @@ def _cli(service: Service, *args: str) -> subprocess.CompletedProcess[str]:
     return changefeed(*args, env={"CHANGEFEED_URL": service.base_url}, timeout=60)
 
 
+@pytest.mark.slow
 def test_cli_publish_tail_and_consumers(service: Service) -> None:
     topic = new_topic()
     assert _cli(service, "publish", topic, '{"n": 1}', "--type", "t", "--id", "a").returncode == 0

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from changefeed.ops.cluster import Cluster
-from tests.support import private_tempdir
+from tests.support import private_tempdir, temporary_cluster
 
 # Any Python that every user may run (a virtual environment may live under /root).
 PYTHON = shutil.which("python3", path="/usr/bin:/bin")
@@ -32,14 +32,8 @@ PROBE = (
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    directory = private_tempdir("changefeed-embedded-")
-    pg = Cluster(directory / ".changefeed")
-    pg.ensure()
-    try:
+    with temporary_cluster("changefeed-embedded-", within=".changefeed") as pg:
         yield pg
-    finally:
-        pg.stop("immediate")
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _reaches(user: str, cluster: Cluster) -> bool:

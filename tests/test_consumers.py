@@ -152,6 +152,7 @@ class _Ledger:
     violations: list[str] = field(default_factory=list)
 
 
+@pytest.mark.slow
 async def test_workers_killed_at_random_share_a_consumer_correctly(
     client: httpx.AsyncClient, db: asyncpg.Connection, module_database: str
 ) -> None:

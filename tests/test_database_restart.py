@@ -11,6 +11,8 @@ import pytest
 from changefeed.ops.cluster import Cluster
 from tests.support import Service, create_database, new_topic, seq, subscribe, wait_for
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.parametrize("mode", ["fast", "immediate"])
 async def test_database_down_and_back(

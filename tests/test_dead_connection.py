@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import pytest
 
 from changefeed.ops.cluster import SUPERUSER, Cluster
 from tests.support import (
@@ -18,6 +19,8 @@ from tests.support import (
     url_with_database,
     wait_for,
 )
+
+pytestmark = pytest.mark.slow
 
 
 async def test_listener_notices_a_silently_dead_connection(

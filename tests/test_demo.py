@@ -34,6 +34,7 @@ async def browser() -> AsyncIterator[object]:
             await launched.close()
 
 
+@pytest.mark.slow
 async def test_publish_watch_restart_and_resume(browser: object, database: str) -> None:
     service = Service(database, env={"CHANGEFEED_RETRY_MILLISECONDS": "200"}).start()
     db = await asyncpg.connect(database)

@@ -191,6 +191,7 @@ _name = st.one_of(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 @given(value=_name)
 def test_names_types_and_ids_follow_one_rule(rules_database: str, value: str) -> None:
@@ -250,6 +251,7 @@ async def test_captured_rows_follow_the_rule(db: asyncpg.Connection) -> None:
     assert await db.fetchval("SELECT count(*) FROM docs") == 1  # the writers' statements failed
 
 
+@pytest.mark.slow
 async def test_the_limit_is_the_databases_set_by_migrate(admin_url: str) -> None:
     url = await create_database(admin_url)
     # A limit set the old way (a database default of the setting) carries over.

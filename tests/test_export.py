@@ -8,6 +8,7 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+import pytest
 
 from tests.support import (
     Service,
@@ -70,6 +71,7 @@ def _cli(url: str, *args: str, stdin: str | None = None) -> subprocess.Completed
     return changefeed(*args, env={"CHANGEFEED_URL": url}, stdin=stdin)
 
 
+@pytest.mark.slow
 async def test_cli_export_then_import_elsewhere_twice(
     service: Service,
     client: httpx.AsyncClient,

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from tests.support import Service, create_database, metrics, new_topic, subscribe, wait_for
+
+pytestmark = pytest.mark.slow
 
 
 async def _leads(service: Service) -> bool:

@@ -1,4 +1,4 @@
-"""The publish fast path (service/fastpath.py) and the Litestar handler answer alike.
+"""The publish fast path (web/fastpath.py) and the Litestar handler answer alike.
 
 Requests the fast path takes (plain JSON with a Content-Length) and requests it hands over
 (CORS, chunked bodies, repeated headers, refusals after the body was read) are sent side
@@ -21,17 +21,8 @@ JSON = {"content-type": "application/json"}
 
 @pytest.fixture(scope="module")
 def service(module_database: str) -> Iterator[Service]:
-    svc = Service(module_database, env={"CHANGEFEED_CORS_ORIGINS": ORIGIN}).start()
-    try:
+    with Service(module_database, env={"CHANGEFEED_CORS_ORIGINS": ORIGIN}) as svc:
         yield svc
-    finally:
-        svc.stop()
-
-
-@pytest.fixture
-async def client(service: Service) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=service.base_url, timeout=30) as http:
-        yield http
 
 
 async def _chunked(body: bytes) -> AsyncIterator[bytes]:
@@ -106,9 +97,9 @@ async def test_other_routes_under_feeds_are_untouched(client: httpx.AsyncClient)
 
 
 async def test_the_fast_paths_are_taken(client: httpx.AsyncClient) -> None:
-    """Both rest on internals of uvicorn and Litestar (protocol.py, fastpath.py): if an
-    upgrade stops them from being taken, this fails rather than the service slowing down
-    unnoticed."""
+    """Both rest on internals of uvicorn and Litestar (web/uvicorn_direct.py,
+    web/fastpath.py): if an upgrade stops them from being taken, this fails rather than the
+    service slowing down unnoticed."""
     topic = new_topic()
     before = await metrics(client)
     assert (await client.post(f"/feeds/{topic}", json={"data": 1})).status_code == 202

@@ -25,7 +25,17 @@ import pytest
 from httpx_sse import aconnect_sse
 
 from changefeed.ops.cluster import Cluster
-from tests.support import Nginx, Service, create_database, metrics, new_topic, wait_for
+from tests.support import (
+    Ledger,
+    Nginx,
+    Service,
+    create_database,
+    metrics,
+    new_topic,
+    publish_keys,
+    sequenced_log,
+    wait_for,
+)
 
 SECONDS = float(os.environ.get("CHANGEFEED_TEST_FAULT_SECONDS", "30"))
 SEED = int(os.environ.get("CHANGEFEED_TEST_SEED", random.randrange(1 << 30)))
@@ -37,17 +47,12 @@ REPLICA_ENV = {
     "CHANGEFEED_POOL_MAX_SIZE": "8",
 }
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("nginx") is None and not os.environ.get("CI"), reason="nginx is not installed"
-)
-
-
-@dataclass
-class Ledger:
-    ok: set[str] = field(default_factory=set)
-    failed: set[str] = field(default_factory=set)
-    unknown: set[str] = field(default_factory=set)
-    http_retries: int = 0
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        shutil.which("nginx") is None and not os.environ.get("CI"), reason="nginx is not installed"
+    ),
+]
 
 
 @dataclass
@@ -98,10 +103,7 @@ async def _sql_writer(
                 conn = await asyncpg.connect(url, timeout=5)
             tx = conn.transaction()
             await tx.start()
-            for k in keys:
-                await conn.execute(
-                    "SELECT changefeed.publish($1, 'sql', $2::jsonb)", topic, json.dumps({"k": k})
-                )
+            await publish_keys(conn, topic, keys)
             if rng.random() < 0.3:
                 await asyncio.sleep(rng.random() * 0.3)  # a slow transaction, held open
             if rng.random() < 0.2:
@@ -271,45 +273,19 @@ async def test_nothing_lost_or_duplicated_under_faults(
             stop.set()
             await asyncio.gather(*writing)
 
-            conn = await asyncpg.connect(url)
-            try:
-
-                async def drained() -> bool:
-                    pending = await conn.fetchval("SELECT count(*) FROM changefeed.inbox")
-                    return bool(pending == 0)
-
-                await wait_for(drained, timeout=60)
-                log = [
-                    (r["seq"], json.loads(r["data"])["k"])
-                    for r in await conn.fetch(
-                        "SELECT seq, data::text FROM changefeed.events "
-                        "WHERE topic = $1 ORDER BY seq",
-                        topic,
-                    )
-                ]
-            finally:
-                await conn.close()
+            log = await sequenced_log(url, topic, timeout=60)
             final_head[0] = log[-1][0]
             done.set()
             await asyncio.gather(*reading)
 
-        keys = [k for _, k in log]
-        anomalies = []
-        if [s for s, _ in log] != list(range(1, len(log) + 1)):
-            anomalies.append("the log has gaps")
-        if len(set(keys)) != len(keys):
-            anomalies.append("an event is stored twice")
-        if lost := ledger.ok - set(keys):
-            anomalies.append(f"lost acknowledged writes: {sorted(lost)[:10]}")
-        if aborted := ledger.failed & set(keys):
-            anomalies.append(f"rolled-back writes read: {sorted(aborted)[:10]}")
-        if stray := set(keys) - ledger.ok - ledger.unknown:
-            anomalies.append(f"events nobody wrote: {sorted(stray)[:10]}")
-        for i, sub in enumerate(subscribers):
-            if sub.resets:
-                anomalies.append(f"subscriber {i} got {sub.resets} reset frames")
-            if sub.received != log:
-                anomalies.append(f"subscriber {i} disagrees with the log")
+        anomalies = ledger.anomalies(
+            log, {f"subscriber {i}": s.received for i, s in enumerate(subscribers)}
+        )
+        anomalies += [
+            f"subscriber {i} got {s.resets} reset frames"
+            for i, s in enumerate(subscribers)
+            if s.resets
+        ]
         print(
             f"events={len(log)} acknowledged={len(ledger.ok)} rolled_back={len(ledger.failed)} "
             f"unknown={len(ledger.unknown)} http_retries={ledger.http_retries} "

@@ -21,6 +21,8 @@ from changefeed.core.auth import covers
 from changefeed.core.topics import InvalidInput, Selector, glob_match, parse_resume
 from tests.support import Service, new_topic
 
+pytestmark = pytest.mark.slow
+
 # Streams never end, so schemathesis (which reads whole responses) skips them; the stream
 # fuzzer below opens them and reads only the status.
 STREAMS = r"^/feeds/(\{topic\})?$"
@@ -28,19 +30,15 @@ STREAMS = r"^/feeds/(\{topic\})?$"
 
 @pytest.fixture(scope="module")
 def service(module_database: str) -> Iterator[Service]:
-    svc = Service(
+    with Service(
         module_database,
         env={
             "CHANGEFEED_HEADER_TIMEOUT_SECONDS": "1",
             "CHANGEFEED_BODY_TIMEOUT_SECONDS": "1",
             "CHANGEFEED_MAX_BODY_BYTES": "65536",
         },
-    )
-    svc.start()
-    try:
+    ) as svc:
         yield svc
-    finally:
-        svc.stop()
 
 
 def test_the_api_never_fails_on_generated_input(service: Service) -> None:

@@ -10,9 +10,9 @@ import uuid
 
 import asyncpg
 import httpx
-from httpx_sse import aconnect_sse
+from httpx_sse import ServerSentEvent, aconnect_sse
 
-from tests.support import publish, subscribe, wait_for
+from tests.support import Reader, publish, subscribe, wait_for
 
 SEED = int(os.environ.get("CHANGEFEED_TEST_SEED", random.randrange(1 << 30)))
 
@@ -89,6 +89,10 @@ async def test_topic_list_and_resume(client: httpx.AsyncClient, db: asyncpg.Conn
     assert rest == [pos for pos, _, _ in log[3:]]
 
 
+def _key(event: ServerSentEvent) -> tuple[int, str]:
+    return int(event.id), json.loads(event.data)["topic"]
+
+
 async def test_wildcard_resumed_at_random_points_is_exact(
     client: httpx.AsyncClient, db: asyncpg.Connection
 ) -> None:
@@ -106,27 +110,15 @@ async def test_wildcard_resumed_at_random_points_is_exact(
             assert (await publish(client, topic, batch)).status_code == 202
             await asyncio.sleep(wrng.random() * 0.01)
 
-    async def reader(rrng: random.Random) -> list[tuple[int, str]]:
-        received: list[tuple[int, str]] = []
-        while True:
-            last = received[-1][0] if received else None
-            if done.is_set() and last == final[0]:
-                return received
-            options = {"after": 0} if last is None else {"last_event_id": str(last)}
-            budget = rrng.randint(1, 25)
-            async with subscribe(client, f"{p}.x.*", **options) as stream:  # type: ignore[arg-type]
-                while budget > 0:
-                    try:
-                        event = await stream.next(timeout=0.5)
-                    except TimeoutError:
-                        if done.is_set():
-                            break
-                        continue
-                    received.append((int(event.id), json.loads(event.data)["topic"]))
-                    budget -= 1
-
     async with asyncio.timeout(90):
-        readers = [asyncio.create_task(reader(random.Random(rng.random()))) for _ in range(4)]
+        readers = [
+            asyncio.create_task(
+                Reader(f"r{i}", _key).run(
+                    client, f"{p}.x.*", done, final, random.Random(rng.random()), most=25
+                )
+            )
+            for i in range(4)
+        ]
         await asyncio.gather(*(writer(w, random.Random(rng.random())) for w in range(3)))
         log = [(pos, t) for pos, t, _ in await _log(db, f"{p}.x.%")]
         final[0] = log[-1][0]

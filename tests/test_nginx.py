@@ -18,9 +18,12 @@ import pytest
 
 from tests.support import Nginx, Service, new_topic
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("nginx") is None and not os.environ.get("CI"), reason="nginx is not installed"
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        shutil.which("nginx") is None and not os.environ.get("CI"), reason="nginx is not installed"
+    ),
+]
 
 
 @pytest.fixture(scope="module")

@@ -34,12 +34,8 @@ SEED = int(os.environ.get("CHANGEFEED_TEST_SEED", random.randrange(1 << 30)))
 @pytest.fixture(scope="module")
 def service(module_database: str) -> Iterator[Service]:
     # Policies are enforced only when a test asks (`changefeed trim`), not by the loop.
-    svc = Service(module_database, env={"CHANGEFEED_RETENTION_INTERVAL_SECONDS": "3600"})
-    svc.start()
-    try:
+    with Service(module_database, env={"CHANGEFEED_RETENTION_INTERVAL_SECONDS": "3600"}) as svc:
         yield svc
-    finally:
-        svc.stop()
 
 
 def _cli(url: str, *args: str) -> str:
@@ -73,6 +69,7 @@ async def _seqs(client: httpx.AsyncClient, topic: str, after: int = 0) -> list[i
     return [e["seq"] for e in page["events"]]
 
 
+@pytest.mark.slow
 async def test_count_policy_keeps_the_latest_and_verify_still_holds(
     client: httpx.AsyncClient, db: asyncpg.Connection, module_database: str
 ) -> None:
@@ -117,6 +114,7 @@ async def test_age_policy_removes_by_event_time(
     assert "intact" in _cli(module_database, "verify", topic)
 
 
+@pytest.mark.slow
 async def test_the_most_specific_policy_governs(
     client: httpx.AsyncClient, db: asyncpg.Connection, module_database: str
 ) -> None:
@@ -143,6 +141,7 @@ async def test_the_most_specific_policy_governs(
     assert f"{prefix}.*:" not in _cli(module_database, "retention", "list")
 
 
+@pytest.mark.slow
 async def test_bad_policies_are_refused_with_a_message(module_database: str) -> None:
     env = {"CHANGEFEED_DATABASE_URL": module_database}
     for args, message in [
@@ -287,15 +286,9 @@ async def test_a_consumer_behind_the_mark_is_moved_past_it_and_told(
 
 @pytest.fixture
 async def own_service(database: str) -> AsyncIterator[Service]:
-    svc = Service(
-        database,
-        env={"CHANGEFEED_RETENTION_INTERVAL_SECONDS": "0.2", "CHANGEFEED_MAX_INBOX_EVENTS": "5"},
-    )
-    svc.start()
-    try:
+    env = {"CHANGEFEED_RETENTION_INTERVAL_SECONDS": "0.2", "CHANGEFEED_MAX_INBOX_EVENTS": "5"}
+    with Service(database, env=env) as svc:
         yield svc
-    finally:
-        svc.stop()
 
 
 async def test_the_loop_enforces_policies_and_a_full_inbox_refuses_publishes(
@@ -349,6 +342,7 @@ async def _publish_keyed(
     await wait_for(sequenced, timeout=30)
 
 
+@pytest.mark.slow
 async def test_compaction_keeps_the_latest_event_per_key(
     client: httpx.AsyncClient, db: asyncpg.Connection, module_database: str
 ) -> None:
@@ -390,6 +384,7 @@ async def test_compaction_keeps_the_latest_event_per_key(
     assert "checked from seq 11" in verified and "intact" in verified
 
 
+@pytest.mark.slow
 async def test_a_compacted_capture_topic_still_rebuilds_the_table(
     db: asyncpg.Connection, module_database: str
 ) -> None:

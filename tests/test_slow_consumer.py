@@ -8,8 +8,11 @@ import json
 import time
 
 import httpx
+import pytest
 
 from tests.support import Service, metrics, new_topic, subscribe
+
+pytestmark = pytest.mark.slow
 
 EVENTS = 100_000
 PAYLOAD = "x" * 400  # ~47 MB of frames: far more than the socket buffers between the ends

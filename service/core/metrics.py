@@ -36,8 +36,8 @@ class _Count(Collector):
 
 
 delivered = _Count("changefeed_events_delivered", "Event frames written to subscribers")
-# The two fast paths, which rest on uvicorn's and Litestar's internals (protocol.py,
-# fastpath.py): the tests fail if either stops being taken.
+# The two fast paths, which rest on uvicorn's and Litestar's internals (web/uvicorn_direct.py,
+# web/fastpath.py): the tests fail if either stops being taken.
 direct_writes = _Count(
     "changefeed_direct_writes",
     "Live batches the fan-out wrote straight to a parked stream's connection",
