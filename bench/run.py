@@ -41,7 +41,7 @@ import asyncpg
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from changefeed import migrate  # noqa: E402
+from changefeed.ops import migrate  # noqa: E402
 from changefeed.ops.cluster import Cluster, free_port  # noqa: E402
 from tests.support import Service, create_database, private_tempdir  # noqa: E402
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import subprocess
+import sys
 
 import asyncpg
 import pytest
 
 from changefeed.ops import migrate
-from tests.support import REPO, create_database
+from tests.support import REPO, create_database, private_tempdir
 
 VERSIONS = REPO / "migrations" / "versions"
 
@@ -126,3 +129,65 @@ async def test_the_current_sql_functions_are_in_one_place(database: str) -> None
         pytest.skip(f"migrations/sql/ was written with another PostgreSQL than {major}")
     for name, definition in defined.items():
         assert files[name] == definition, f"migrations/sql/{name}.sql is not what head defines"
+
+
+@pytest.mark.slow
+async def test_the_installed_wheel_migrates_down_and_up(admin_url: str) -> None:
+    """Users run the wheel, not this checkout: its migrations (downgrades included, which
+    load earlier revisions by path) and its entry points must work from site-packages."""
+    work = private_tempdir("changefeed-wheel-")
+    try:
+        built = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(work), str(REPO)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert built.returncode == 0, built.stderr
+        (wheel,) = work.glob("changefeed-*.whl")
+        site = work / "site"
+        installed = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "-t", str(site), wheel],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert installed.returncode == 0, installed.stderr
+        url = await create_database(admin_url)
+        script = (
+            "import sys, changefeed\n"
+            "from changefeed import Client\n"
+            "from changefeed.ops import migrate\n"
+            f"assert changefeed.__file__.startswith({str(site)!r}), changefeed.__file__\n"
+            "migrate.upgrade(sys.argv[1])\n"
+            "migrate.downgrade(sys.argv[1], 'base')\n"
+            "migrate.upgrade(sys.argv[1])\n"
+            "print('ok')\n"
+        )
+        # Outside the checkout, with the wheel's copy first on the path.
+        env = {**os.environ, "PYTHONPATH": str(site)}
+        ran = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-c", script, url],
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert ran.returncode == 0 and ran.stdout.strip() == "ok", ran.stderr
+        cli = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "changefeed", "--help"],
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert cli.returncode == 0 and "migrate" in cli.stdout, cli.stderr
+        assert (await _objects(url))[0], "head has functions again"
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

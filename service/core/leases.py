@@ -45,7 +45,7 @@ class ConsumerEvent(msgspec.Struct):
     id: str | None
 
 
-class Batch(msgspec.Struct):
+class LeasedBatch(msgspec.Struct):
     """A worker's batch: acknowledge it with ``lease`` before ``expires_at``."""
 
     consumer: str
@@ -190,13 +190,13 @@ async def delete(db: Database, name: str, owner: str | None, granted: bool) -> N
         raise UnknownConsumer(name)
 
 
-async def lease(db: Database, name: str, limit: int) -> Batch:
+async def lease(db: Database, name: str, limit: int) -> LeasedBatch:
     """Up to ``limit`` events for one worker, leased until the visibility timeout."""
     try:
         rows = await db.fetch(f"SELECT * FROM {SCHEMA}.lease($1, $2)", name, limit)
     except asyncpg.NoDataFoundError:
         raise UnknownConsumer(name) from None
-    return Batch(
+    return LeasedBatch(
         consumer=name,
         lease=str(rows[0]["lease"]) if rows else None,
         expires_at=rows[0]["expires_at"] if rows else None,
@@ -215,7 +215,7 @@ async def lease(db: Database, name: str, limit: int) -> Batch:
     )
 
 
-def encode(batch: Batch) -> bytes:
+def encode(batch: LeasedBatch) -> bytes:
     return _encoder.encode(batch)
 
 
