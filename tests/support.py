@@ -162,7 +162,8 @@ class Service:
 
 
 def seq(event: ServerSentEvent) -> str:
-    """The seq of a single-topic stream's event, whose id is ``<seq>.<hash8>``."""
+    """The position in an event's id ``<seq>.<hash8>`` (for several topics, the global
+    position)."""
     return event.id.split(".", 1)[0]
 
 

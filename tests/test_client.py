@@ -31,19 +31,22 @@ async def test_feed_resumes_from_a_file_checkpoint(
     path = tmp_path / "position"
     checkpoint = FileCheckpoint(path)
     seen: list[int] = []
+    ids: list[str] = []
     async with Client(service.base_url) as cf:
         async for event in cf.feed(topic, checkpoint=checkpoint, after=0):
             seen.append(event.data["n"])
+            ids.append(event.last_event_id)
             if len(seen) == 4:
                 break
-        # Position 3 is saved (4 was handed out but its loop body did not finish).
-        assert await checkpoint.load() == 3
+        # Event 3 is saved, with its hash (4 was handed out but its loop body did not finish).
+        assert await checkpoint.load() == ids[2] and ids[2].startswith("3.")
         async for event in cf.feed(topic, checkpoint=FileCheckpoint(path)):
             seen.append(event.data["n"])
+            ids.append(event.last_event_id)
             if event.seq == 10:
                 break
     assert seen == [1, 2, 3, 4, *range(4, 11)]  # at least once: 4 again, nothing lost
-    assert path.read_text().strip() == "9"
+    assert path.read_text().strip() == ids[-2] and ids[-2].startswith("9.")
 
 
 @pytest.mark.slow
@@ -128,7 +131,7 @@ async def test_exactly_once_effects_with_a_table_checkpoint(
                     await app.execute("INSERT INTO effects VALUES ($1, $2)", topic, event.data["n"])
                     if event.data["n"] == crash_at:
                         raise _Crash  # dies after the effect, before the commit
-                    await checkpoint.save_in(app, event.id)
+                    await checkpoint.save_in(app, event.last_event_id)
                 if event.seq == 8:
                     return
 
@@ -151,10 +154,10 @@ class _ReadOnly:
     def __init__(self, inner: TableCheckpoint) -> None:
         self.inner = inner
 
-    async def load(self) -> int | None:
+    async def load(self) -> int | str | None:
         return await self.inner.load()
 
-    async def save(self, position: int) -> None:
+    async def save(self, position: str) -> None:
         pass
 
 

@@ -12,7 +12,7 @@ import asyncpg
 import httpx
 from httpx_sse import ServerSentEvent, aconnect_sse
 
-from tests.support import Reader, publish, subscribe, wait_for
+from tests.support import Reader, publish, seq, subscribe, wait_for
 
 SEED = int(os.environ.get("CHANGEFEED_TEST_SEED", random.randrange(1 << 30)))
 
@@ -46,8 +46,8 @@ async def test_wildcard_stream_in_global_order(
         events = await stream.take(4)
         await stream.expect_nothing(within=0.3)
     log = await _log(db, f"{p}.orders.%")
-    assert [int(e.id) for e in events] == [pos for pos, _, _ in log]
-    assert [int(e.id) for e in events] == sorted(int(e.id) for e in events)
+    assert [int(seq(e)) for e in events] == [pos for pos, _, _ in log]
+    assert [int(seq(e)) for e in events] == sorted(int(seq(e)) for e in events)
     bodies = [json.loads(e.data) for e in events]
     assert [(b["topic"], b["seq"]) for b in bodies] == [(t, s) for _, t, s in log]
     assert [b["data"]["n"] for b in bodies] == [1, 2, 3, 4]
@@ -67,7 +67,7 @@ async def test_topic_list_and_resume(client: httpx.AsyncClient, db: asyncpg.Conn
         got = []
         async for event in source.aiter_sse():
             if event.data:
-                got.append((int(event.id), json.loads(event.data)["topic"]))
+                got.append((int(seq(event)), json.loads(event.data)["topic"]))
             if len(got) == len(log):
                 break
     assert got == [(pos, t) for pos, t, _ in log]
@@ -83,14 +83,14 @@ async def test_topic_list_and_resume(client: httpx.AsyncClient, db: asyncpg.Conn
         rest = []
         async for event in source.aiter_sse():
             if event.data:
-                rest.append(int(event.id))
+                rest.append(int(seq(event)))
             if len(rest) == len(log) - 3:
                 break
     assert rest == [pos for pos, _, _ in log[3:]]
 
 
 def _key(event: ServerSentEvent) -> tuple[int, str]:
-    return int(event.id), json.loads(event.data)["topic"]
+    return int(seq(event)), json.loads(event.data)["topic"]
 
 
 async def test_wildcard_resumed_at_random_points_is_exact(

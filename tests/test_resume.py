@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import httpx
@@ -68,7 +69,9 @@ async def test_stream_headers_and_retry_first(service: Service) -> None:
         assert first.startswith(b"retry: ")
 
 
-async def test_keepalive_comment_frames(module_database: str) -> None:
+async def test_opening_frame_and_keepalive_comments(module_database: str) -> None:
+    """The opening frame gives a resume point (``id: 0`` on an empty topic); keep-alives
+    are comment lines without a blank line after them, so that they dispatch nothing."""
     service = Service(module_database, env={"CHANGEFEED_KEEPALIVE_SECONDS": "0.2"}).start()
     try:
         async with (
@@ -76,11 +79,12 @@ async def test_keepalive_comment_frames(module_database: str) -> None:
             http.stream("GET", f"/feeds/{new_topic()}") as response,
         ):
             seen = b""
-            async for chunk in response.aiter_raw():
-                seen += chunk
-                if seen.count(b": keepalive\n\n") >= 2:
-                    break
-        assert seen.startswith(b"retry: 3000\n\n")
+            async with asyncio.timeout(10):
+                async for chunk in response.aiter_raw():
+                    seen += chunk
+                    if seen.count(b": keepalive\n") >= 2:
+                        break
+        assert seen == b"retry: 3000\nid: 0\n\n" + b": keepalive\n" * seen.count(b": keepalive")
     finally:
         assert service.stop() == 0
 

@@ -38,16 +38,23 @@ ORDER BY seq
 LIMIT $4
 """
 
-# The same page as SSE frames, built by PostgreSQL (see frames.py for the format): a
+# The same page as SSE frames, built by PostgreSQL (see frames.py for the formats): a
 # stream's catch-up and the fan-out's reads then decode one value per page instead of a
-# record per event (measured: that was most of the Python side's CPU in a replay). The
-# fan-out also takes each event's publish time, for the delivery latency metric.
+# record per event (measured: that was most of the Python side's CPU in a replay). Each
+# format is built only if asked for ($4: typed frames, $5: `message` frames); FILTER skips
+# the other's concatenation row by row. The fan-out also takes each event's publish time,
+# for the delivery latency metric.
 _FRAMES = """
 SELECT min(p.seq) AS first, max(p.seq) AS last, count(*)::int AS count,
        convert_to(string_agg(
            'id: ' || p.seq || coalesce('.' || left(encode(p.hash, 'hex'), 8), '')
            || E'\\nevent: ' || p.type || E'\\ndata: ' || p.data::text || E'\\n\\n',
-           '' ORDER BY p.seq), 'UTF8') AS data,
+           '' ORDER BY p.seq) FILTER (WHERE $4), 'UTF8') AS data,
+       convert_to(string_agg(
+           'id: ' || p.seq || coalesce('.' || left(encode(p.hash, 'hex'), 8), '')
+           || E'\\ndata: {{"topic": "' || $1 || '", "seq": ' || p.seq || ', "type": '
+           || to_json(p.type)::text || ', "data": ' || p.data::text || E'}}\\n\\n',
+           '' ORDER BY p.seq) FILTER (WHERE $5), 'UTF8') AS message,
        {published} AS published
 FROM (
     SELECT seq, type, data, hash, published_at FROM {schema}.events
@@ -61,6 +68,9 @@ _FRAMES_TIMED = _FRAMES.format(
     published="array_agg(extract(epoch FROM p.published_at)::float8 ORDER BY p.seq)",
     schema=SCHEMA,
 )
+# The first 8 hex digits of the chain hash of the event at a seq, or a global position.
+_HASH_AT = f"SELECT left(encode(hash, 'hex'), 8) FROM {SCHEMA}.events WHERE topic = $1 AND seq = $2"
+_HASH_AT_POSITION = f"SELECT left(encode(hash, 'hex'), 8) FROM {SCHEMA}.events WHERE position = $1"
 
 _GLOBAL_HEAD = f"SELECT position FROM {SCHEMA}.sequencer"
 # Events of several topics in global order. Each read scans at most $5 positions, so that a
@@ -76,10 +86,11 @@ lost AS (
     WHERE t.tail_position > $1 AND NOT t.compacted
       AND ($2::text[] IS NULL OR t.topic = ANY($2::text[]) OR t.topic LIKE ANY($3::text[]))
 )
-SELECT head.head, lost.lost, e.position, e.topic, e.seq, e.type, e.data, e.published_at
+SELECT head.head, lost.lost, e.position, e.topic, e.seq, e.type, e.data, e.hash8, e.published_at
 FROM head CROSS JOIN lost
 LEFT JOIN LATERAL (
-    SELECT position, topic, seq, type, data::text AS data, published_at
+    SELECT position, topic, seq, type, data::text AS data,
+           left(encode(hash, 'hex'), 8) AS hash8, published_at
     FROM {SCHEMA}.events
     WHERE position > $1 AND position <= $1 + $5
       AND ($2::text[] IS NULL OR topic = ANY($2::text[]) OR topic LIKE ANY($3::text[]))
@@ -175,27 +186,58 @@ async def page(
 
 @dataclass(frozen=True, slots=True)
 class Frames:
-    """A page of one topic as SSE frames: the seqs it holds (0 when empty), its bytes, and
-    when each event was published (Unix time, for the delivery latency metric)."""
+    """A page of one topic as SSE frames: the seqs it holds (0 when empty), its bytes as
+    typed frames and as ``message`` frames (each empty unless asked for), and when each
+    event was published (Unix time, for the delivery latency metric)."""
 
     first: int
     last: int
     count: int
     data: bytes
+    message: bytes
     published: list[float]
 
 
 async def frames_page(
-    db: Executor, topic: str, after: int, limit: int, *, timed: bool = False
+    db: Executor,
+    topic: str,
+    after: int,
+    limit: int,
+    *,
+    timed: bool = False,
+    typed: bool = True,
+    message: bool = False,
 ) -> Frames:
-    """Up to ``limit`` events of ``topic`` with seq > ``after`` as SSE frames, in seq order;
-    ``timed``: with their publish times (else ``published`` is empty)."""
-    row = await db.fetchrow(_FRAMES_TIMED if timed else _FRAMES_UNTIMED, topic, after, limit)
+    """Up to ``limit`` events of ``topic`` with seq > ``after`` as SSE frames, in seq order:
+    ``typed`` frames (``event: <type>``) in ``data``, ``message`` frames (the type in the
+    data) in ``message``, each only if asked for; ``timed``: with their publish times
+    (else ``published`` is empty)."""
+    query = _FRAMES_TIMED if timed else _FRAMES_UNTIMED
+    row = await db.fetchrow(query, topic, after, limit, typed, message)
     assert row is not None
     if not row["count"]:
-        return Frames(0, 0, 0, b"", [])
+        return Frames(0, 0, 0, b"", b"", [])
     published = row["published"] or []
-    return Frames(row["first"], row["last"], row["count"], row["data"], published)
+    return Frames(
+        row["first"],
+        row["last"],
+        row["count"],
+        row["data"] or b"",
+        row["message"] or b"",
+        published,
+    )
+
+
+async def hash_at(db: Executor, topic: str, seq: int) -> str | None:
+    """The first 8 hex digits of the chain hash of the event at ``seq`` (None: no event)."""
+    value: str | None = await db.fetchval(_HASH_AT, topic, seq)
+    return value
+
+
+async def hash_at_position(db: Executor, position: int) -> str | None:
+    """The same for the event at a global position."""
+    value: str | None = await db.fetchval(_HASH_AT_POSITION, position)
+    return value
 
 
 async def global_head(db: Executor) -> int:

@@ -63,15 +63,24 @@ class Subscription:
         "feed",
         "keepalive_due",
         "last",
+        "message",
         "overflowed",
         "selector",
         "subject",
     )
 
     def __init__(
-        self, feed: Feed, limit: int, selector: Selector | None = None, subject: str = ""
+        self,
+        feed: Feed,
+        limit: int,
+        selector: Selector | None = None,
+        subject: str = "",
+        *,
+        message: bool = False,
     ) -> None:
         self.feed = feed
+        # Which frames it takes: typed (`event: <type>`), or `message` frames.
+        self.message = message
         # Who opened it, for the per-subject stream limit.
         self.subject = subject
         # For a multi-topic stream: which of the global feed's events it takes.
@@ -163,12 +172,14 @@ class Subscription:
 class Feed:
     """One topic fanned out by this replica."""
 
-    __slots__ = ("fetched", "known", "subscribers", "topic")
+    __slots__ = ("fetched", "known", "messages", "subscribers", "topic")
 
     def __init__(self, topic: str) -> None:
         # A topic, or GLOBAL for the feed of all topics by global position.
         self.topic = topic
         self.subscribers: set[Subscription] = set()
+        # How many of them take `message` frames (so that each read builds what is needed).
+        self.messages = 0
         # The last seq read from the table and offered; None until the first head read.
         self.fetched: int | None = None
         # The highest head any hint or check reported.
@@ -207,11 +218,17 @@ class Hub:
     # -- subscriptions -------------------------------------------------------------------
 
     def subscribe(
-        self, topic: str, selector: Selector | None = None, subject: str = ""
+        self,
+        topic: str,
+        selector: Selector | None = None,
+        subject: str = "",
+        *,
+        message: bool = False,
     ) -> Subscription:
         """Register a subscriber before its first head read, so that no hint is missed.
 
-        ``topic`` is a topic, or GLOBAL with a ``selector`` for a multi-topic stream.
+        ``topic`` is a topic, or GLOBAL with a ``selector`` for a multi-topic stream;
+        ``message``: it takes ``message`` frames rather than typed ones.
         Raises Limited when ``subject`` already has its maximum of streams here (an empty
         subject is not counted).
         """
@@ -228,8 +245,9 @@ class Hub:
         if feed is None:
             feed = self._feeds[topic] = Feed(topic)
             metrics.feeds.inc()
-        sub = Subscription(feed, self._buffer_bytes, selector, subject)
+        sub = Subscription(feed, self._buffer_bytes, selector, subject, message=message)
         feed.subscribers.add(sub)
+        feed.messages += message
         self.subscriber_count += 1
         metrics.subscriptions.inc()
         return sub
@@ -239,6 +257,7 @@ class Hub:
         feed = sub.feed
         if sub in feed.subscribers:
             feed.subscribers.discard(sub)
+            feed.messages -= sub.message
             self.subscriber_count -= 1
             metrics.subscriptions.dec()
             if sub.subject:
@@ -363,15 +382,22 @@ class Hub:
                 self._offer_selected(feed, rows, covered, page.lost)
             else:
                 read = await events.frames_page(
-                    self._db, feed.topic, feed.fetched, self._page_size, timed=True
+                    self._db,
+                    feed.topic,
+                    feed.fetched,
+                    self._page_size,
+                    timed=True,
+                    typed=len(feed.subscribers) > feed.messages,
+                    message=feed.messages > 0,
                 )
                 covered = read.last if read.count else feed.fetched
                 # A batch claims only what it holds: if retention cut past this feed's
                 # position, it does not continue from there, and streams read the table.
                 first = read.first if read.count else feed.fetched + 1
                 batch = Batch(first, covered, read.data, read.count)
+                messages = Batch(first, covered, read.message, read.count)
                 for sub in feed.subscribers:
-                    sub.offer(batch)
+                    sub.offer(messages if sub.message else batch)
                 now = time.time()
                 for published in read.published:
                     metrics.delivery_latency.observe(max(0.0, now - published))
@@ -388,14 +414,16 @@ class Hub:
         same filtered bytes to every subscriber with the same selection."""
         assert feed.fetched is not None
         first = feed.fetched + 1
-        encoded = frames.encode_multi(rows)
-        by_selection: dict[str, Batch] = {}
+        encoded: dict[bool, list[bytes]] = {}
+        by_selection: dict[tuple[str, bool], Batch] = {}
         for sub in feed.subscribers:
             assert sub.selector is not None
-            key = str(sub.selector)
+            key = (str(sub.selector), sub.message)
             batch = by_selection.get(key)
             if batch is None:
-                pairs = zip(rows, encoded, strict=True)
+                if sub.message not in encoded:
+                    encoded[sub.message] = frames.encode_multi(rows, message=sub.message)
+                pairs = zip(rows, encoded[sub.message], strict=True)
                 chosen = [f for row, f in pairs if sub.selector.matches(row["topic"])]
                 # Retention cut a selected topic in this range: the batch continues nothing
                 # (first -1), so the stream reads the table, and that read reports the cut.

@@ -39,22 +39,53 @@ class Connection(Protocol):
 
 
 class TopicSource:
-    """One topic's events; the stream's position is a seq."""
+    """One topic's events; the stream's position is a seq. ``message``: frames without
+    ``event:`` lines, the type in the data (``dispatch=message``)."""
 
-    def __init__(self, topic: str) -> None:
+    def __init__(self, topic: str, *, message: bool = False) -> None:
         self.topic = topic
         self.feed_key = topic
         self.selector: Selector | None = None
+        self.message = message
         # The client asked for the earliest events held (after=0), not for a position.
         self.earliest = False
 
     async def head(self, db: Database) -> int:
         return await events.head(db, self.topic)
 
+    async def hash_at(self, db: Database, seq: int) -> str | None:
+        return await events.hash_at(db, self.topic, seq)
+
+    async def verify(self, db: Database, seq: int, expect_hash: str) -> bytes | None:
+        """None when the topic holds the client's last event at ``seq``; else a reset
+        frame, after which the stream replays the topic from its start."""
+        requested = f"{seq}.{expect_hash}"
+        marks, held = await events.resume_point(db, self.topic, seq)
+        head = marks.head
+        if seq == 0 or (seq < marks.first_seq - 1 and held is None):
+            # Nothing to compare: retention removed it (the first read reports the gap), or
+            # compaction did (the events kept after it bring the client up to date).
+            return None
+        if seq > head:
+            detail = (
+                f"the topic ends at seq {head}, before the client's last event {requested}: "
+                "the database was restored to an earlier point or the topic was recreated"
+            )
+            return _reset(self, "behind", detail, requested)
+        if held == expect_hash:
+            return None
+        detail = (
+            f"the event at seq {seq} is not the one the client saw ({requested}): the "
+            "history was rewritten (a restore, a recreated topic, or tampering)"
+        )
+        return _reset(self, "mismatch", detail, requested)
+
     async def read(self, db: Database, after: int, limit: int) -> tuple[bytes, int, int]:
         """Frames after ``after``, how many, and the position they cover up to."""
-        page = await events.frames_page(db, self.topic, after, limit)
-        data = page.data
+        page = await events.frames_page(
+            db, self.topic, after, limit, typed=not self.message, message=self.message
+        )
+        data = page.message if self.message else page.data
         if page.count and page.first == after + 1:
             return data, page.count, page.last
         # A hole after `after`, or nothing at all: retention may have cut what followed it
@@ -84,9 +115,10 @@ class TopicSource:
 class SelectionSource:
     """Several topics in global order; the stream's position is a global position."""
 
-    def __init__(self, selector: Selector) -> None:
+    def __init__(self, selector: Selector, *, message: bool = False) -> None:
         self.selector: Selector | None = selector
         self.feed_key = GLOBAL
+        self.message = message
         self.earliest = False
         # Retention cuts already reported to this client: topic -> first seq held.
         self._reported: dict[str, int] = {}
@@ -94,9 +126,35 @@ class SelectionSource:
     async def head(self, db: Database) -> int:
         return await events.global_head(db)
 
+    async def hash_at(self, db: Database, position: int) -> str | None:
+        return await events.hash_at_position(db, position)
+
+    async def verify(self, db: Database, position: int, expect_hash: str) -> bytes | None:
+        """As for one topic, by the event at a global position (of whichever topic: the
+        opening frame's id may name an event outside the selection)."""
+        requested = f"{position}.{expect_hash}"
+        if position == 0:
+            return None
+        head = await events.global_head(db)
+        if position > head:
+            detail = (
+                f"the events end at position {head}, before the client's last event "
+                f"{requested}: the database was restored to an earlier point"
+            )
+            return _reset(self, "behind", detail, requested)
+        held = await events.hash_at_position(db, position)
+        if held is None or held == expect_hash:
+            # None: retention removed it; the first read reports what was cut.
+            return None
+        detail = (
+            f"the event at position {position} is not the one the client saw ({requested}): "
+            "the history was rewritten (a restore, or tampering)"
+        )
+        return _reset(self, "mismatch", detail, requested)
+
     async def read(self, db: Database, after: int, limit: int) -> tuple[bytes, int, int]:
         page = await events.global_page(db, self.selector, after, limit)
-        data = b"".join(frames.encode_multi(page.rows))
+        data = b"".join(frames.encode_multi(page.rows, message=self.message))
         # Positions have holes wherever other topics' events sit, so a cut cannot be seen
         # in the rows: the read reports it.
         if after == 0 and self.earliest:
@@ -125,6 +183,11 @@ class SelectionSource:
 
 
 Source = TopicSource | SelectionSource
+
+
+def _reset(source: Source, reason: str, detail: str, requested: str) -> bytes:
+    log.warning("stream.reset", topic=str(source), requested=requested, reason=reason)
+    return frames.reset(reason, detail + "; replaying from the start", requested, 0)
 
 
 def hand_over(batches: list[Batch], last: int) -> tuple[list[Batch], int, bool]:
@@ -171,57 +234,35 @@ async def open_stream(
     frames when the connection is lost.
     """
     # Subscribe first, then read the head: a hint arriving in between is not lost.
-    sub = hub.subscribe(source.feed_key, source.selector, subject)
+    sub = hub.subscribe(source.feed_key, source.selector, subject, message=source.message)
     sub.direct = direct
     if direct is not None:
         direct.on_lost(sub.close)
     reset: bytes | None = None
     try:
         head = await source.head(db)
-        if after is not None and expect_hash is not None and isinstance(source, TopicSource):
-            reset = await _verify_resume(db, source.topic, after, expect_hash)
+        if after is not None and expect_hash is not None:
+            reset = await source.verify(db, after, expect_hash)
             if reset is not None:
-                after = 0
+                after, expect_hash = 0, None
         if after is not None and after > head:
             raise AfterHead(after, head)
+        start = head if after is None else after
+        # The opening frame's id: where the stream starts, so that a client disconnected
+        # before its first event resumes there (and not at a later live tail).
+        if start and expect_hash is None:
+            expect_hash = await source.hash_at(db, start)
+        opening = frames.opening(retry_milliseconds, frames.position_id(start, expect_hash))
     except BaseException:
         hub.unsubscribe(sub)
         raise
     hub.observe_head(sub.feed, head)
     source.earliest = after == 0
-    start = head if after is None else after
-    frames_ = _frames(hub, db, source, sub, start, page_size, retry_milliseconds, reset, expires_at)
+    frames_ = _frames(hub, db, source, sub, start, page_size, opening, reset, expires_at)
     # The generator's own `finally` unsubscribes once it has started; this covers a response
     # that is dropped before its first frame (unsubscribing twice is harmless).
     weakref.finalize(frames_, hub.unsubscribe, sub)
     return frames_
-
-
-async def _verify_resume(db: Database, topic: str, seq: int, expect_hash: str) -> bytes | None:
-    """None when the topic holds the client's last event at ``seq``; else a reset frame."""
-    requested = f"{seq}.{expect_hash}"
-    marks, held = await events.resume_point(db, topic, seq)
-    head = marks.head
-    if seq == 0 or (seq < marks.first_seq - 1 and held is None):
-        # Nothing to compare: retention removed it (the first read reports the gap), or
-        # compaction did (the events kept after it bring the client up to date).
-        return None
-    if seq > head:
-        detail = (
-            f"the topic ends at seq {head}, before the client's last event {requested}: "
-            "the database was restored to an earlier point or the topic was recreated"
-        )
-        reason = "behind"
-    else:
-        if held == expect_hash:
-            return None
-        detail = (
-            f"the event at seq {seq} is not the one the client saw ({requested}): the "
-            "history was rewritten (a restore, a recreated topic, or tampering)"
-        )
-        reason = "mismatch"
-    log.warning("stream.reset", topic=topic, requested=requested, reason=reason)
-    return frames.reset(reason, detail + "; replaying the topic from its start", requested, 0)
 
 
 async def _frames(
@@ -231,7 +272,7 @@ async def _frames(
     sub: Subscription,
     last: int,
     page_size: int,
-    retry_milliseconds: int,
+    opening: bytes,
     reset: bytes | None = None,
     expires_at: float | None = None,
 ) -> AsyncIterator[bytes]:
@@ -239,7 +280,7 @@ async def _frames(
     metrics.open_streams.inc()
     log.info("stream.open", topic=name, after=last)
     try:
-        yield frames.retry(retry_milliseconds)
+        yield opening
         if reset is not None:
             yield reset
         while not sub.closed:

@@ -138,7 +138,11 @@ def _parser() -> argparse.ArgumentParser:
         "resuming as needed; one JSON object per line.",
     )
     tail.add_argument("topic")
-    tail.add_argument("--after", type=int, help="start after this seq (0: from the start)")
+    tail.add_argument(
+        "--after",
+        help="start after this seq, or an event's last_event_id (<seq>.<hash8>, verified); "
+        "0: from the start",
+    )
     tail.add_argument("--count", type=int, help="stop after this many events")
     tail.set_defaults(handler=_tail)
 
@@ -470,15 +474,17 @@ def _tail(settings: Settings, args: argparse.Namespace) -> int:
     async def follow() -> None:
         seen = 0
         async with _client(settings) as client:
-            async for event in client.feed(args.topic, after=args.after):
+            async for event in client.feed(args.topic, after=args.after, on_reset=_reset):
                 line = {
                     "id": event.id,
+                    "last_event_id": event.last_event_id,
                     "topic": event.topic,
                     "seq": event.seq,
                     "type": event.type,
                     "data": event.data,
                 }
-                print(json.dumps(line), flush=True)
+                # default=str: numbers beyond float's range arrive as Decimals.
+                print(json.dumps(line, default=str), flush=True)
                 seen += 1
                 if args.count is not None and seen >= args.count:
                     return
@@ -491,6 +497,11 @@ def _tail(settings: Settings, args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def _reset(frame: dict[str, Any]) -> None:
+    """A tail goes on after a reset, saying so on stderr."""
+    print(f"changefeed tail: reset ({frame.get('reason')}): {frame.get('detail')}", file=sys.stderr)
 
 
 def _shown(found: Any) -> str:

@@ -27,6 +27,23 @@ SSE_HEADERS = {
 _EVENT_STREAM = ResponseSpec(
     data_container=str, media_type="text/event-stream", description="The event stream"
 )
+_DISPATCH = Parameter(
+    query="dispatch",
+    description="`message`: no `event:` lines, so that an EventSource's `onmessage` gets every "
+    'event; each frame\'s data is then `{"topic", "seq", "type", "data"}`',
+)
+
+
+def _message(dispatch: str | None) -> bool:
+    """Whether ``?dispatch=`` asks for ``message`` frames."""
+    if dispatch is None or dispatch == "typed":
+        return False
+    if dispatch == "message":
+        return True
+    raise InvalidInput(
+        f"invalid dispatch {dispatch[:50]!r}: message (every event a message event, its type "
+        "in the data) or typed (the default: each event dispatched by its type)"
+    )
 
 
 class FeedController(Controller):
@@ -59,11 +76,14 @@ class FeedController(Controller):
         "/{topic:str}",
         summary="Subscribe (Server-Sent Events)",
         description=(
-            "A `text/event-stream`. Each event is a frame with `id: <seq>.<hash8>`, "
-            "`event: <type>`, `data: <JSON>`. Starts after the `Last-Event-ID` header if "
-            "present, else after `?after=<seq>` (or `<seq>.<hash8>`, checked: a mismatch starts "
-            "with `event: reset`), else at the live tail. `after=0` replays the whole topic. "
-            "A `*` in the name makes it a pattern over topics (`orders.*`): see `GET /feeds`."
+            "A `text/event-stream`. The first frame carries `retry:` and the `id:` of the "
+            "position the stream starts after (`0`: before the first event). Each event is a "
+            "frame with `id: <seq>.<hash8>`, `event: <type>`, `data: <JSON>` (with "
+            '`dispatch=message`: no `event:`, data `{"topic", "seq", "type", "data"}`). '
+            "Starts after the `Last-Event-ID` header if present, else after `?after=<seq>` "
+            "(or `<seq>.<hash8>`, checked: a mismatch starts with `event: reset`), else at the "
+            "live tail. `after=0` replays the whole topic. A `*` in the name makes it a "
+            "pattern over topics (`orders.*`): see `GET /feeds`."
         ),
         responses={200: _EVENT_STREAM},
     )
@@ -77,12 +97,14 @@ class FeedController(Controller):
         after: Annotated[
             str | None, Parameter(query="after", description="Start after this seq")
         ] = None,
+        dispatch: Annotated[str | None, _DISPATCH] = None,
     ) -> Stream:
         source: stream.Source
+        message = _message(dispatch)
         if "*" in topic:
-            source = stream.SelectionSource(Selector([topic]))
+            source = stream.SelectionSource(Selector([topic]), message=message)
         else:
-            source = stream.TopicSource(check_topic(topic))
+            source = stream.TopicSource(check_topic(topic), message=message)
         principal.require("subscribe", topic)
         return await _open(runtime, principal, source, last_event_id, after, request.scope)
 
@@ -91,8 +113,9 @@ class FeedController(Controller):
         summary="Subscribe to several topics (Server-Sent Events)",
         description=(
             "Events of several topics (`?topic=a&topic=b`, patterns such as `orders.*` allowed) "
-            "in one order: the global position, which is the frames' `id`. Each frame's data "
-            'is `{"topic", "seq", "data"}`. Resuming works as for one topic, with positions.'
+            "in one order: the global position, which is the frames' `id` (`<position>.<hash8>`)."
+            ' Each frame\'s data is `{"topic", "seq", "type", "data"}`. Resuming works as for '
+            "one topic, with positions, verified by their hash."
         ),
         responses={200: _EVENT_STREAM},
     )
@@ -108,11 +131,13 @@ class FeedController(Controller):
         after: Annotated[
             str | None, Parameter(query="after", description="Start after this position")
         ] = None,
+        dispatch: Annotated[str | None, _DISPATCH] = None,
     ) -> Stream:
         selector = Selector(topic or [])
+        message = _message(dispatch)
         # Each topic and pattern must be granted (a pattern: all the topics it can match).
         principal.require("subscribe", selector.topics + selector.patterns)
-        source = stream.SelectionSource(selector)
+        source = stream.SelectionSource(selector, message=message)
         return await _open(runtime, principal, source, last_event_id, after, request.scope)
 
     @get(
