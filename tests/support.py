@@ -23,11 +23,39 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
+import jwt
 from httpx_sse import ServerSentEvent, aconnect_sse
 
 from changefeed.ops.cluster import Cluster, free_port
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+# The HS256 secret of services started with CHANGEFEED_AUTH=jwt in tests.
+SECRET = "a-test-secret-that-is-long-enough-for-hs256"
+
+
+def token(
+    sub: str,
+    *,
+    subscribe: list[str] | None = None,
+    publish: list[str] | None = None,
+    consume: list[str] | None = None,
+    expires_in: float = 300,
+    key: object = SECRET,
+    algorithm: str = "HS256",
+    kid: str | None = None,
+) -> str:
+    grants = {"subscribe": subscribe or [], "publish": publish or []}
+    if consume is not None:
+        grants["consume"] = consume
+    claims = {"sub": sub, "exp": int(time.time() + expires_in), "changefeed": grants}
+    headers = {"kid": kid} if kid else None
+    return jwt.encode(claims, key, algorithm=algorithm, headers=headers)  # type: ignore[arg-type]
+
+
+def bearer(value: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {value}"}
 
 
 def url_with_database(url: str, database: str) -> str:
@@ -178,9 +206,13 @@ async def subscribe(
     *,
     after: int | str | None = None,
     last_event_id: str | None = None,
+    dispatch: str | None = None,
 ) -> AsyncIterator[SSE]:
-    """An open SSE stream; the opening ``retry`` frame is already consumed on entry."""
-    params = {"after": str(after)} if after is not None else None
+    """An open SSE stream; the opening frame (``retry`` and the starting id) is already
+    consumed on entry, and kept as ``opening``."""
+    params = {"after": str(after)} if after is not None else {}
+    if dispatch is not None:
+        params["dispatch"] = dispatch
     headers = {"Last-Event-ID": last_event_id} if last_event_id is not None else {}
     async with aconnect_sse(
         client, "GET", f"/feeds/{topic}", params=params, headers=headers
@@ -188,8 +220,8 @@ async def subscribe(
         source.response.raise_for_status()
         sse = SSE(source.aiter_sse())
         try:
-            first = await sse.next(timeout=10)
-            assert first.retry is not None and first.data == "", first
+            sse.opening = await sse.next(timeout=10)
+            assert sse.opening.retry is not None and sse.opening.data == "", sse.opening
             yield sse
         finally:
             await sse.close()
@@ -205,6 +237,7 @@ class SSE:
     _END = object()
 
     def __init__(self, events: AsyncIterator[ServerSentEvent]) -> None:
+        self.opening: ServerSentEvent | None = None
         self._queue: asyncio.Queue[object] = asyncio.Queue()
         self._task = asyncio.create_task(self._pump(events))
 

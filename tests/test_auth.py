@@ -23,40 +23,18 @@ from httpx_sse import aconnect_sse
 
 from changefeed.ops import migrate
 from tests.support import (
+    SECRET,
     SSE,
     Service,
+    bearer,
     changefeed,
     create_database,
     new_topic,
     private_tempdir,
+    token,
     url_as,
     wait_for,
 )
-
-SECRET = "a-test-secret-that-is-long-enough-for-hs256"
-
-
-def token(
-    sub: str,
-    *,
-    subscribe: list[str] | None = None,
-    publish: list[str] | None = None,
-    consume: list[str] | None = None,
-    expires_in: float = 300,
-    key: object = SECRET,
-    algorithm: str = "HS256",
-    kid: str | None = None,
-) -> str:
-    grants = {"subscribe": subscribe or [], "publish": publish or []}
-    if consume is not None:
-        grants["consume"] = consume
-    claims = {"sub": sub, "exp": int(time.time() + expires_in), "changefeed": grants}
-    headers = {"kid": kid} if kid else None
-    return jwt.encode(claims, key, algorithm=algorithm, headers=headers)  # type: ignore[arg-type]
-
-
-def bearer(value: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {value}"}
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -13,8 +14,15 @@ import asyncpg
 import httpx
 import pytest
 
-from changefeed.client import Client, ClientError, FileCheckpoint, TableCheckpoint
-from tests.support import Service, changefeed, new_topic, publish, subscribe
+from changefeed.client import (
+    Client,
+    ClientError,
+    FileCheckpoint,
+    MemoryCheckpoint,
+    StreamReset,
+    TableCheckpoint,
+)
+from tests.support import SECRET, Service, changefeed, new_topic, publish, subscribe, token
 
 
 async def _published(client: httpx.AsyncClient, topic: str, n: int) -> None:
@@ -191,3 +199,128 @@ def test_cli_publish_tail_and_consumers(service: Service) -> None:
     assert missing.returncode == 1 and "404" in missing.stderr
     unreachable = changefeed("publish", topic, "1", "--url", "http://127.0.0.1:1")
     assert unreachable.returncode == 1 and "cannot reach" in unreachable.stderr
+
+
+async def test_feed_reads_through_tokens_that_expire_every_two_seconds(
+    module_database: str,
+) -> None:
+    """Each stream ends with `event: closed` when its token expires; the feed reconnects
+    with a fresh one from the provider and resumes, one topic and several alike."""
+    env = {
+        "CHANGEFEED_AUTH": "jwt",
+        "CHANGEFEED_JWT_SECRET": SECRET,
+        "CHANGEFEED_JWT_LEEWAY_SECONDS": "0",
+    }
+    prefix = new_topic("exp")
+    asked = 0
+
+    def fresh() -> str:
+        nonlocal asked
+        asked += 1
+        return token("reader", subscribe=[f"{prefix}.*"], expires_in=2)
+
+    async def follow(topics: str, n: int) -> list[int]:
+        got: list[int] = []
+        async with Client(service.base_url, token=fresh) as cf:
+            async for event in cf.feed(topics, after=0):
+                got.append(event.data)
+                if len(got) == n:
+                    return got
+        raise AssertionError("the feed ended")
+
+    with Service(module_database, env=env) as service:
+        writer = token("writer", publish=[f"{prefix}.*"])
+        async with (
+            Client(service.base_url, token=writer) as publisher,
+            asyncio.timeout(60),
+        ):
+            followers = [
+                asyncio.create_task(follow(f"{prefix}.a", 40)),
+                asyncio.create_task(follow(f"{prefix}.*", 40)),
+            ]
+            for n in range(1, 41):
+                await publisher.publish(f"{prefix}.a", n)
+                await asyncio.sleep(0.15)  # pacing: the run spans three token lifetimes
+            one, several = await asyncio.gather(*followers)
+    assert one == list(range(1, 41)) and several == list(range(1, 41))
+    # Two followers through ~6 s of 2 s tokens: a few fresh tokens each, not a loop.
+    assert 6 <= asked <= 40, asked
+
+
+async def test_an_expired_static_token_raises_instead_of_looping(module_database: str) -> None:
+    env = {
+        "CHANGEFEED_AUTH": "jwt",
+        "CHANGEFEED_JWT_SECRET": SECRET,
+        "CHANGEFEED_JWT_LEEWAY_SECONDS": "0",
+    }
+    topic = new_topic()
+    with Service(module_database, env=env) as service:
+        async with Client(
+            service.base_url, token=token("r", subscribe=[topic], expires_in=2)
+        ) as cf:
+            with pytest.raises(ClientError, match="401"):
+                async with asyncio.timeout(20):
+                    async for _ in cf.feed(topic, after=0):
+                        pass
+
+
+async def test_a_reset_is_raised_or_handed_to_on_reset(
+    service: Service, client: httpx.AsyncClient
+) -> None:
+    topic = new_topic()
+    await _published(client, topic, 3)
+    checkpoint = MemoryCheckpoint()
+    await checkpoint.save("2.00000000")  # an id of another history (as after a restore)
+    async with Client(service.base_url) as cf:
+        with pytest.raises(StreamReset) as raised:
+            async for _ in cf.feed(topic, checkpoint=checkpoint):
+                pass
+        assert raised.value.frame["reason"] == "mismatch"
+        # The checkpoint holds where the stream continues: following again goes on there.
+        assert await checkpoint.load() == "0"
+        frames: list[dict[str, object]] = []
+        await checkpoint.save("2.00000000")
+        seen = []
+        async for event in cf.feed(topic, checkpoint=checkpoint, on_reset=frames.append):
+            seen.append(event.data["n"])
+            if len(seen) == 3:
+                break
+    assert [f["reason"] for f in frames] == ["mismatch"] and seen == [1, 2, 3]
+
+
+@pytest.mark.slow
+async def test_feed_reconnects_within_the_servers_retry_after_a_restart(
+    module_database: str,
+) -> None:
+    """Not after a backoff grown while the replica was down (it took 9.4 s)."""
+    with Service(module_database, env={"CHANGEFEED_RETRY_MILLISECONDS": "500"}) as service:
+        topic = new_topic()
+        async with Client(service.base_url) as cf:
+            follower = cf.feed(topic, after=0)
+            await cf.publish(topic, 1)
+            assert (await asyncio.wait_for(anext(follower), 10)).data == 1
+            assert service.stop() == 0
+            # Down long enough for an unbounded backoff to grow past several seconds.
+            await asyncio.sleep(6)
+            service.start()
+            ready = time.monotonic()
+            await cf.publish(topic, 2)
+            assert (await asyncio.wait_for(anext(follower), 10)).data == 2
+            waited = time.monotonic() - ready
+            await follower.aclose()
+    # The retry is 0.5 s, then a connect, a publish and a delivery; a backoff grown while
+    # the replica was down (up to 15 s, with jitter) would usually exceed this.
+    assert waited < 1.5, waited
+
+
+def test_events_decode_exactly_and_an_unreadable_one_is_an_error() -> None:
+    from decimal import Decimal
+
+    from changefeed.client import _event
+
+    big = "1" * 5000
+    event = _event("7.0a1b2c3d", "t", f'{{"n": {big}, "f": 1e5000, "x": 1.5}}', "orders")
+    assert event.data == {"n": Decimal(big), "f": Decimal("1e5000"), "x": 1.5}
+    assert (event.seq, event.last_event_id) == (7, "7.0a1b2c3d")
+    with pytest.raises(ClientError, match="cannot be read"):
+        _event("8.0a1b2c3d", "t", "{not json", "orders")

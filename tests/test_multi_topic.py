@@ -140,3 +140,52 @@ async def test_live_tail_and_beyond_head_for_many(client: httpx.AsyncClient) -> 
         assert json.loads((await stream.next()).data)["data"] == "after"
     response = await client.get("/feeds", params={"topic": f"{p}.a", "after": str(10**12)})
     assert response.status_code == 409
+
+
+async def test_resume_of_several_topics_is_verified_by_hash(client: httpx.AsyncClient) -> None:
+    p = _prefix()
+    await publish(client, f"{p}.a", [{"data": 1}, {"data": 2}])
+    await publish(client, f"{p}.b", {"data": 3})
+    async with subscribe(client, f"{p}.*", after=0) as stream:
+        events = await stream.take(3)
+    first, second, third = events
+    assert all(e.id.count(".") == 1 and len(e.id.split(".")[1]) == 8 for e in events)
+    # The true id resumes exactly; so does the opening id of a live tail cut early.
+    async with subscribe(client, f"{p}.*", last_event_id=first.id) as stream:
+        assert [e.id for e in await stream.take(2)] == [second.id, third.id]
+    async with subscribe(client, f"{p}.*") as stream:
+        opening = stream.opening
+    assert opening is not None and seq(opening) >= seq(third)
+    await publish(client, f"{p}.a", {"data": 4})
+    async with subscribe(client, f"{p}.*", last_event_id=opening.id) as stream:
+        assert json.loads((await stream.next()).data)["data"] == 4
+    # Another history at that position: said first, then the selection from its start.
+    position = seq(second)
+    async with subscribe(client, f"{p}.*", last_event_id=f"{position}.00000000") as stream:
+        reset = await stream.next()
+        assert reset.event == "reset"
+        body = json.loads(reset.data)
+        assert (body["reason"], body["after"]) == ("mismatch", 0)
+        assert [e.id for e in await stream.take(3)] == [e.id for e in events]
+    # Past the last position, with a hash: the database went back in time.
+    async with subscribe(client, f"{p}.*", last_event_id="999999999.0123abcd") as stream:
+        reset = await stream.next()
+        assert reset.event == "reset" and json.loads(reset.data)["reason"] == "behind"
+
+
+async def test_several_topics_as_message_frames(client: httpx.AsyncClient) -> None:
+    p = _prefix()
+    await publish(client, f"{p}.a", {"type": "created", "data": 1})
+    async with (
+        subscribe(client, f"{p}.*", after=0, dispatch="message") as messages,
+        subscribe(client, f"{p}.*", after=0) as typed,
+    ):
+        assert json.loads((await messages.next()).data)["type"] == "created"
+        await typed.next()
+        # Live: both kinds of subscriber on one replica's global feed.
+        await publish(client, f"{p}.b", {"type": "paid", "data": 2})
+        live, plain = await messages.next(), await typed.next()
+    assert (live.event, plain.event) == ("message", "paid")
+    assert live.id == plain.id
+    assert json.loads(live.data) == {"topic": f"{p}.b", "seq": 1, "type": "paid", "data": 2}
+    assert json.loads(plain.data) == json.loads(live.data)

@@ -123,3 +123,51 @@ async def test_ids_carry_a_hash_and_a_wrong_one_gets_an_explicit_reset(
         reset = await stream.next()
         assert reset.event == "reset" and json.loads(reset.data)["reason"] == "behind"
         assert seq(await stream.next()) == "1"
+
+
+async def test_the_opening_id_resumes_a_stream_cut_before_its_first_event(
+    client: httpx.AsyncClient,
+) -> None:
+    """A live-tail subscriber disconnected before any event resumes from where it started,
+    not from a later live tail: nothing published meanwhile is lost."""
+    topic = await _topic_with(client, 3)
+    async with subscribe(client, topic) as stream:
+        opening = stream.opening
+    assert opening is not None and opening.id.startswith("3.") and len(opening.id) == 10
+    await publish(client, topic, [{"data": 4}, {"data": 5}])
+    async with subscribe(client, topic, last_event_id=opening.id) as stream:
+        assert stream.opening is not None and stream.opening.id == opening.id
+        assert [json.loads(e.data) for e in await stream.take(2)] == [4, 5]
+    # A plain seq gets its hash in the opening id: a verified resume point from then on.
+    async with subscribe(client, topic, after=3) as stream:
+        assert stream.opening is not None and stream.opening.id == opening.id
+    # An empty topic starts after 0.
+    async with subscribe(client, new_topic()) as stream:
+        assert stream.opening is not None and stream.opening.id == "0"
+
+
+async def test_dispatch_message_puts_every_event_in_message_frames(
+    client: httpx.AsyncClient,
+) -> None:
+    """For EventSource.onmessage: no `event:` line, the type in the data; the same ids."""
+    topic = new_topic()
+    await publish(client, topic, [{"type": 'odd "type" \u00e9', "data": {"a": 1}}, {"data": 2}])
+    async with subscribe(client, topic, after=0) as typed:
+        expected = await typed.take(2)
+    async with subscribe(client, topic, after=0, dispatch="message") as stream:
+        first, second = await stream.take(2)
+        # Live events through the fan-out, as well as from the table.
+        await publish(client, topic, {"type": "late", "data": [3]})
+        third = await stream.next()
+    assert [e.event for e in (first, second, third)] == ["message"] * 3
+    assert [first.id, second.id] == [e.id for e in expected]
+    assert json.loads(first.data) == {
+        "topic": topic,
+        "seq": 1,
+        "type": 'odd "type" \u00e9',
+        "data": {"a": 1},
+    }
+    assert json.loads(second.data)["type"] == "message"
+    assert json.loads(third.data) == {"topic": topic, "seq": 3, "type": "late", "data": [3]}
+    bad = await client.get(f"/feeds/{topic}", params={"dispatch": "all"})
+    assert bad.status_code == 400 and "dispatch" in bad.json()["detail"]
