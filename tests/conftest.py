@@ -13,7 +13,7 @@ import pytest
 
 from changefeed.ops import migrate
 from changefeed.ops.cluster import Cluster, free_port
-from tests.support import Service, create_database, temporary_cluster, url_with_database
+from tests.support import CHROMIUM, Service, create_database, temporary_cluster, url_with_database
 
 TEMPLATE = "cf_template"
 
@@ -86,3 +86,16 @@ async def db(module_database: str) -> AsyncIterator[asyncpg.Connection]:
         yield conn
     finally:
         await conn.close()
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[object]:
+    """Headless Chromium driven by Playwright."""
+    async_api = pytest.importorskip("playwright.async_api")
+    assert CHROMIUM is not None, "CI must install chromium"
+    async with async_api.async_playwright() as p:
+        launched = await p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            yield launched
+        finally:
+            await launched.close()

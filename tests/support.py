@@ -24,6 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import httpx
 import jwt
+import pytest
 from httpx_sse import ServerSentEvent, aconnect_sse
 
 from changefeed.ops.cluster import Cluster, free_port
@@ -32,6 +33,15 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 # The HS256 secret of services started with CHANGEFEED_AUTH=jwt in tests.
+# Real Chromium for browser tests. CI installs it (.ci/run); elsewhere those tests are
+# skipped without it.
+CHROMIUM = next(
+    (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None
+)
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None and not os.environ.get("CI"), reason="Chromium is not installed"
+)
+
 SECRET = "a-test-secret-that-is-long-enough-for-hs256"
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import shutil
 import threading
 import time
@@ -20,18 +19,9 @@ import httpx
 import pytest
 
 from changefeed.ops.cluster import free_port
-from tests.support import Service, new_topic, private_tempdir
+from tests.support import CHROMIUM, Service, needs_chromium, new_topic, private_tempdir
 
-CHROMIUM = next(
-    (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None
-)
-# CI installs Chromium (.ci/run); elsewhere the test is skipped when it is missing.
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        CHROMIUM is None and not os.environ.get("CI"), reason="Chromium is not installed"
-    ),
-]
+pytestmark = [pytest.mark.slow, needs_chromium]
 
 PAGE = b"""<!doctype html>
 <meta charset="utf-8">

@@ -134,7 +134,8 @@ async def test_the_current_sql_functions_are_in_one_place(database: str) -> None
 @pytest.mark.slow
 async def test_the_installed_wheel_migrates_down_and_up(admin_url: str) -> None:
     """Users run the wheel, not this checkout: its migrations (downgrades included, which
-    load earlier revisions by path) and its entry points must work from site-packages."""
+    load earlier revisions by path), its entry points and its files must work from
+    site-packages."""
     work = private_tempdir("changefeed-wheel-")
     try:
         built = await asyncio.to_thread(
@@ -155,6 +156,10 @@ async def test_the_installed_wheel_migrates_down_and_up(admin_url: str) -> None:
             timeout=300,
         )
         assert installed.returncode == 0, installed.stderr
+        # The JS client (a symlink into clients/js in the checkout) ships as a file.
+        shipped = site / "changefeed" / "web" / "static" / "client.js"
+        assert not shipped.is_symlink()
+        assert shipped.read_bytes() == (REPO / "clients" / "js" / "client.js").read_bytes()
         url = await create_database(admin_url)
         script = (
             "import sys, changefeed\n"

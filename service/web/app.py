@@ -45,6 +45,7 @@ def create_app(
             list_topics,
             ConsumerController,
             demo.demo,
+            demo.client_js,
             health.healthz,
             health.readyz,
             health.metrics,
@@ -77,6 +78,8 @@ def _cors(settings: Settings) -> CORSConfig | None:
         allow_methods=["GET", "POST", "PUT", "DELETE"],
         # An EventSource resuming adds Last-Event-ID.
         allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "X-Request-ID"],
+        # The JS client reads a refusal's Retry-After.
+        expose_headers=["Retry-After"],
         allow_credentials="*" not in origins,
     )
 
