@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import logging
 import math
 import os
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Generator, Sequence
@@ -37,10 +38,12 @@ from typing import Any, Protocol
 import httpx
 from httpx_sse import aconnect_sse
 
-from . import logs
 from .backoff import Backoff
 
-log = logs.get(__name__)
+# The standard library's logging, not structlog: this module runs inside other people's
+# programs, whose logging configuration decides where (and whether) these lines go. Left
+# unconfigured, structlog would print them to the program's stdout.
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -391,7 +394,7 @@ class Client:
             except (ClientError, StreamReset):
                 raise
             except (httpx.HTTPError, httpx.StreamError) as exc:
-                log.info("client.feed_reconnecting", error=str(exc) or type(exc).__name__)
+                log.info("feed reconnecting: %s", str(exc) or type(exc).__name__)
             await asyncio.sleep(wait if wait is not None else backoff.next())
 
     async def consume(
@@ -429,14 +432,14 @@ class Client:
                     )
                     if ack.status_code == 409:
                         # Handled too slowly: the batch went to another worker meanwhile.
-                        log.warning("client.lease_lost", consumer=consumer)
+                        log.warning("consumer %s: lease lost (handled too slowly)", consumer)
                     else:
                         _raise_for(ack)
                 continue
             except ClientError:
                 raise
             except (httpx.HTTPError, ValueError, KeyError) as exc:
-                log.info("client.consume_retrying", error=str(exc) or type(exc).__name__)
+                log.info("consume retrying: %s", str(exc) or type(exc).__name__)
             await backoff.wait()
 
 

@@ -1,0 +1,147 @@
+"""The README's client examples, run as written (pointed at a test service instead of
+127.0.0.1:8000): Python, Node with the npm package installed as the README says, pages in
+real Chromium with the JS client and with a native EventSource, and curl."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support import REPO, Service, needs_chromium, private_tempdir
+from tests.test_js_client import NODE, needs_node
+
+README = (REPO / "README.md").read_text()
+EVENTS = [
+    {"type": "order.created", "data": {"n": 1}},
+    {"type": "order.refunded", "data": {"n": 2}},  # a type no example registers for
+]
+
+
+def example(name: str, service: Service) -> str:
+    """The code block after ``<!-- readme-test: name -->``, for ``service``."""
+    found = re.search(rf"<!-- readme-test: {name} -->\n```\w*\n(.*?)```", README, re.S)
+    assert found, f"no example {name} in the README"
+    return found.group(1).replace("http://127.0.0.1:8000", service.base_url)
+
+
+@pytest.fixture
+def service(database: str) -> Iterator[Service]:
+    with Service(database) as svc:
+        httpx.post(f"{svc.base_url}/feeds/orders", json=EVENTS).raise_for_status()
+        yield svc
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    path = private_tempdir("changefeed-readme-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+async def _first_lines(command: list[str], cwd: Path, n: int) -> list[str]:
+    """The first ``n`` lines a command that follows a feed prints (then it is stopped)."""
+    process = await asyncio.create_subprocess_exec(
+        *command, cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    assert process.stdout is not None and process.stderr is not None
+    lines: list[str] = []
+    try:
+        async with asyncio.timeout(30):
+            while len(lines) < n:
+                line = await process.stdout.readline()
+                assert line, (await process.stderr.read()).decode()
+                lines.append(line.decode().rstrip("\n"))
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
+    return lines
+
+
+async def test_python_example(service: Service, workdir: Path) -> None:
+    (workdir / "follow.py").write_text(example("python", service))
+    lines = await _first_lines([sys.executable, "follow.py"], workdir, 2)
+    assert lines == ["1 order.created {'n': 1}", "2 order.refunded {'n': 2}"]
+    # Stopped, then run again: it resumes from its checkpoint (the last event whose loop
+    # body completed, so the second event's again if it was stopped inside the body).
+    httpx.post(f"{service.base_url}/feeds/orders", json={"data": {"n": 3}}).raise_for_status()
+    saved = (workdir / "orders.pos").read_text()
+    again = await _first_lines(
+        [sys.executable, "follow.py"], workdir, 2 if saved.startswith("1.") else 1
+    )
+    assert again[-1] == "3 message {'n': 3}" and "1 order.created {'n': 1}" not in again
+
+
+@needs_node
+async def test_node_example(service: Service, workdir: Path) -> None:
+    installed = await asyncio.create_subprocess_exec(
+        "npm", "install", "--no-audit", "--no-fund", str(REPO / "clients" / "js"), cwd=workdir
+    )
+    assert await installed.wait() == 0
+    (workdir / "follow.mjs").write_text(example("node", service))
+    assert NODE is not None
+    lines = await _first_lines([NODE, "follow.mjs"], workdir, 2)
+    assert lines == ['1 order.created {"n":1}', '2 order.refunded {"n":2}']
+
+
+async def test_curl_example(service: Service, workdir: Path) -> None:
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.skip("curl is not installed")
+    first = example("curl", service).splitlines()[0].split("#")[0].strip()
+    url = re.search(r"'(localhost:8000[^']*)'", first)
+    assert url is not None and first.startswith("curl -N")
+    address = url.group(1).replace("localhost:8000", service.base_url)
+    lines = await _first_lines([curl, "-sN", address], workdir, 9)
+    assert lines[:3] == ["retry: 3000", "id: 0", ""]
+    assert re.fullmatch(r"id: 2\.[0-9a-f]{8}", lines[7]) and lines[8] == "event: order.refunded"
+
+
+async def _page_console(browser: Any, service: Service, html: str, n: int) -> list[str]:
+    """Opens ``html`` as a page of the service's origin; the first ``n`` console lines."""
+    page = await browser.new_page()
+    logged: list[str] = []
+    enough = asyncio.Event()
+
+    def log(message: Any) -> None:
+        logged.append(message.text)
+        if len(logged) >= n:
+            enough.set()
+
+    page.on("console", log)
+    url = f"{service.base_url}/readme-example.html"
+    await page.route(url, lambda route: route.fulfill(body=html, content_type="text/html"))
+    await page.route(
+        f"{service.base_url}/my-app/changefeed-token",
+        lambda route: route.fulfill(body="unused: this service checks no tokens"),
+    )
+    await page.goto(url)
+    async with asyncio.timeout(30):
+        await enough.wait()
+    return logged[:n]
+
+
+@needs_chromium
+async def test_javascript_page_example(browser: Any, service: Service) -> None:
+    logged = await _page_console(browser, service, example("js-page", service), 2)
+    assert [line.split(" ", 1)[1] for line in logged] == [
+        "1 orders order.created {n: 1}",
+        "2 orders order.refunded {n: 2}",
+    ]
+
+
+@needs_chromium
+async def test_eventsource_page_example(browser: Any, service: Service) -> None:
+    logged = await _page_console(browser, service, example("eventsource", service), 2)
+    assert logged == [
+        "orders 1 order.created {n: 1}",
+        "orders 2 order.refunded {n: 2}",
+    ]
