@@ -19,7 +19,16 @@ import httpx
 import pytest
 
 from changefeed.ops.cluster import free_port
-from tests.support import CHROMIUM, Service, needs_chromium, new_topic, private_tempdir
+from tests.support import (
+    CHROMIUM,
+    SECRET,
+    Service,
+    bearer,
+    needs_chromium,
+    new_topic,
+    private_tempdir,
+    token,
+)
 
 pytestmark = [pytest.mark.slow, needs_chromium]
 
@@ -214,3 +223,77 @@ async def test_eventsource_authenticates_with_a_cookie(module_database: str) -> 
         async with _chromium(f"{page.origin}/?credentials=1&feed={feed}"):
             final = await page.wait(lambda s: len(s["seen"]) >= 3)
         assert final["seen"] == [[str(n), n] for n in (1, 2, 3)]
+
+
+# A page on the service's origin following a topic with a native EventSource and a cookie
+# token that expires every 2 s, as the README says: on `closed`, set a fresh cookie and
+# open a new EventSource after the last id (dispatch=message: one handler for every type).
+EXPIRING_PAGE = """<!doctype html>
+<script>
+const topic = TOPIC;
+window.got = { seen: [], closed: 0, opens: 0 };
+let lastId = "0";
+async function follow() {
+  document.cookie = `changefeed_token=${await window.freshToken()}; path=/; SameSite=Strict`;
+  const source = new EventSource(`/feeds/${topic}?dispatch=message&after=${lastId}`);
+  source.onopen = () => window.got.opens++;
+  source.onmessage = (e) => {
+    const event = JSON.parse(e.data);
+    lastId = e.lastEventId;
+    window.got.seen.push([event.seq, event.type, event.data.n]);
+  };
+  source.addEventListener("closed", () => {
+    window.got.closed++;
+    source.close();
+    follow();
+  });
+  source.onerror = () => {
+    if (source.readyState === EventSource.CLOSED) setTimeout(follow, 500);
+  };
+}
+follow();
+</script>"""
+
+
+async def test_eventsource_follows_through_expiring_cookies_and_a_restart(
+    browser: Any, database: str
+) -> None:
+    topic = new_topic("browser")
+    env = {
+        "CHANGEFEED_AUTH": "jwt",
+        "CHANGEFEED_JWT_SECRET": SECRET,
+        "CHANGEFEED_JWT_LEEWAY_SECONDS": "0",
+        "CHANGEFEED_RETRY_MILLISECONDS": "300",
+    }
+    writer = bearer(token("app", publish=[topic]))
+    types = ["order.created", "order.paid", "never.registered.anywhere"]
+    service = Service(database, env=env).start()
+    try:
+        page = await browser.new_page()
+        await page.expose_function(
+            "freshToken", lambda: token("page", subscribe=[topic], expires_in=2)
+        )
+        url = f"{service.base_url}/page.html"
+        html = EXPIRING_PAGE.replace("TOPIC", json.dumps(topic))
+        await page.route(url, lambda route: route.fulfill(body=html, content_type="text/html"))
+        await page.goto(url)
+        async with httpx.AsyncClient(base_url=service.base_url, headers=writer) as http:
+
+            async def publish(n: int) -> None:
+                event = {"type": types[n % 3], "data": {"n": n}}
+                assert (await http.post(f"/feeds/{topic}", json=event)).status_code == 202
+
+            for n in range(1, 11):
+                await publish(n)
+            await page.wait_for_function("() => window.got.seen.length >= 10", timeout=30_000)
+            assert service.stop() == 0
+            service.start()
+            for n in range(11, 41):
+                await publish(n)
+                await asyncio.sleep(0.15)  # pacing: the run spans two token lifetimes
+            await page.wait_for_function("() => window.got.seen.length >= 40", timeout=30_000)
+        got = await page.evaluate("window.got")
+    finally:
+        service.stop()
+    assert got["seen"] == [[n, types[n % 3], n] for n in range(1, 41)]
+    assert got["closed"] >= 2 and got["opens"] >= 3, got

@@ -72,7 +72,9 @@ async def test_python_example(service: Service, workdir: Path) -> None:
     assert lines == ["1 order.created {'n': 1}", "2 order.refunded {'n': 2}"]
     # Stopped, then run again: it resumes from its checkpoint (the last event whose loop
     # body completed, so the second event's again if it was stopped inside the body).
-    httpx.post(f"{service.base_url}/feeds/orders", json={"data": {"n": 3}}).raise_for_status()
+    async with httpx.AsyncClient() as http:
+        published = await http.post(f"{service.base_url}/feeds/orders", json={"data": {"n": 3}})
+        published.raise_for_status()
     saved = (workdir / "orders.pos").read_text()
     again = await _first_lines(
         [sys.executable, "follow.py"], workdir, 2 if saved.startswith("1.") else 1
