@@ -48,8 +48,10 @@ def _node_test(*files: str, env: dict[str, str] | None = None) -> str:
 
 
 @needs_node
-def test_parser_agrees_with_eventsource_parser() -> None:
-    out = _node_test("test/parser.test.mjs")
+def test_parser_and_edges() -> None:
+    """The parser against eventsource-parser; close, return, abort, hostile frames and a
+    silent peer against a small server of the test's own."""
+    out = _node_test("test/parser.test.mjs", "test/edges.test.mjs")
     assert "fail 0" in out and "skipped 0" in out, out
 
 

@@ -42,11 +42,17 @@ export function feed(url, options = {}) {
   return new Feed(url, options);
 }
 
-// A stream that has not sent a byte for this long is taken for dead (a vanished peer whose
-// connection never closed); the server's keep-alives come every 15 s by default.
+// A connection that has not sent a byte for this long (the response's headers included)
+// is taken for dead: a vanished peer whose connection never closed. The server's
+// keep-alives come every 15 s by default; `idleTimeout` changes it.
 const IDLE_MS = 90_000;
 const FIRST_WAIT_MS = 100;
 const MAX_RETRY_AFTER_MS = 300_000;
+
+// What is worth connecting again for: the network failed, the server answered 5xx, 408 or
+// 429, or went quiet. Anything else thrown while following (a ClientError, a StreamReset,
+// an error of the caller's token function or onReset) ends the iteration with it.
+class Transient extends Error {}
 
 class Feed {
   #url;
@@ -54,12 +60,16 @@ class Feed {
   #fetch;
   #onReset;
   #parse;
+  #idleMs;
+  #signal;
   #closed = false;
-  #connection = null; // the AbortController of the request in flight
+  #lastEventId;
+  #connection = null; // the AbortController of the connection in use
+  #watchdog = null; // aborts it when it has been quiet for #idleMs
   #wake = null; // ends the wait between connections early (close)
   #events;
 
-  constructor(url, { after, token, fetch: fetcher, signal, onReset, parse } = {}) {
+  constructor(url, { after, token, fetch: fetcher, signal, onReset, parse, idleTimeout } = {}) {
     const base = globalThis.location ? globalThis.location.href : undefined;
     this.#url = new URL(url, base);
     this.#url.searchParams.set("dispatch", "message");
@@ -67,139 +77,219 @@ class Feed {
     this.#fetch = fetcher || globalThis.fetch.bind(globalThis);
     this.#onReset = onReset;
     this.#parse = parse || JSON.parse;
-    /** The id to resume after (`after`, an event's `id`): the last event delivered, or
-     * where the stream started before its first event. Persist it to resume later. */
-    this.lastEventId = after === undefined || after === null ? null : String(after);
+    this.#idleMs = idleTimeout ?? IDLE_MS;
+    this.#lastEventId = after === undefined || after === null ? null : String(after);
     if (signal) {
+      this.#signal = signal;
       if (signal.aborted) this.#closed = true;
-      else signal.addEventListener("abort", () => this.close(), { once: true });
+      else signal.addEventListener("abort", this.close, { once: true });
     }
     this.#events = this.#run();
   }
 
+  /** The id to resume after: the last event delivered, or, before the first, where the
+   * stream started. Persist it and pass it as `after` to resume later. */
+  get lastEventId() {
+    return this.#lastEventId;
+  }
+
   [Symbol.asyncIterator]() {
-    return this.#events;
+    return this;
   }
 
   next() {
     return this.#events.next();
   }
 
-  /** Stop: the request in flight is aborted and the iteration ends. */
-  close() {
+  /** Ends the iteration (a `for await` that breaks calls it too). */
+  return(value) {
+    this.close();
+    return this.#events.return(value);
+  }
+
+  /** Stop: the connection in use is aborted and the iteration ends. */
+  close = () => {
     this.#closed = true;
+    this.#signal?.removeEventListener("abort", this.close);
+    this.#signal = null;
     this.#connection?.abort();
     this.#wake?.();
-  }
+  };
 
   async *#run() {
     let attempt = 0; // connections since the last event delivered
     let ceiling = 3000; // the server's `retry:`, which bounds every wait
     let refreshed = false; // a 401 already had one immediate retry
-    while (!this.#closed) {
-      let wait = null;
-      try {
-        const response = await this.#connect();
-        if (response.status === 401 && typeof this.#token === "function" && !refreshed) {
-          refreshed = true; // the provider may have handed out a token that just expired
-          await discard(response);
-          continue;
-        }
-        if (response.status !== 200) {
-          wait = retryAfter(response);
-          await refuse(response);
-        }
-        refreshed = false;
-        for await (const frame of frames(response.body, IDLE_MS, () => this.#connection)) {
-          if (frame.retry !== undefined) ceiling = Math.max(FIRST_WAIT_MS, frame.retry);
-          if (frame.data === undefined) {
-            // The opening frame: its id is where this stream starts, a resume point
-            // before any event (so a feed cut before its first event loses nothing).
-            if (this.lastEventId === null && frame.id) this.lastEventId = frame.id;
+    try {
+      while (!this.#closed) {
+        let wait = null;
+        try {
+          const response = await this.#connect();
+          if (!response) return; // closed while connecting
+          if (response.status === 401 && typeof this.#token === "function" && !refreshed) {
+            refreshed = true; // the provider may have handed out a token that just expired
+            await response.body?.cancel().catch(() => {});
             continue;
           }
-          if (frame.event === "reset") {
-            const reset = this.#read(frame);
-            this.lastEventId = String(reset.after);
-            if (!this.#onReset) throw new StreamReset(reset);
-            await this.#onReset(reset);
-            continue;
+          if (response.status !== 200) {
+            wait = retryAfter(response);
+            await refuse(response);
           }
-          if (frame.event === "closed") {
-            // Ended on purpose (the token expired): reconnect at once, with a fresh one.
+          refreshed = false;
+          const type = response.headers.get("Content-Type") || "";
+          if (!type.startsWith("text/event-stream") || !response.body) {
+            // Not the service (a captive portal, a misrouted proxy): retrying would not help.
+            throw new ClientError(`not an event stream: 200 ${type || "with no body"}`, 200);
+          }
+          for await (const frame of this.#frames(response.body)) {
+            if (this.#closed) return;
+            if (frame.retry !== undefined) ceiling = Math.max(FIRST_WAIT_MS, frame.retry);
+            if (frame.data === undefined) {
+              // The opening frame: its id is where this stream starts, a resume point
+              // before any event (so a feed cut before its first event loses nothing).
+              if (this.#lastEventId === null && frame.id) this.#lastEventId = frame.id;
+              continue;
+            }
+            if (frame.event === "reset") {
+              const reset = this.#read(frame);
+              if (!Number.isSafeInteger(reset.after) || reset.after < 0) {
+                throw new ClientError(`a reset without a valid "after": ${frame.data}`);
+              }
+              this.#lastEventId = String(reset.after);
+              if (!this.#onReset) throw new StreamReset(reset);
+              await this.#onReset(reset);
+              if (this.#closed) return;
+              continue;
+            }
+            if (frame.event === "closed") {
+              // Ended on purpose (the token expired): reconnect at once, with a fresh one.
+              attempt = 0;
+              break;
+            }
+            if (frame.event !== "message") continue; // a frame of a later protocol version
+            const body = this.#read(frame);
+            if (!frame.id) throw new ClientError(`an event without an id: ${frame.data}`);
+            const event = { id: frame.id, seq: body.seq, topic: body.topic, type: body.type, data: body.data };
+            this.#lastEventId = frame.id;
+            yield event;
             attempt = 0;
-            wait = 0;
-            break;
           }
-          if (frame.event !== "message") continue; // a frame of a later protocol version
-          const body = this.#read(frame);
-          if (frame.id) this.lastEventId = frame.id;
-          yield { id: frame.id, seq: body.seq, topic: body.topic, type: body.type, data: body.data };
-          attempt = 0;
+        } catch (error) {
+          if (this.#closed) return;
+          if (!(error instanceof Transient)) throw error;
+        } finally {
+          this.#disconnect();
         }
-      } catch (error) {
-        if (error instanceof ClientError || error instanceof StreamReset) throw error;
         if (this.#closed) return;
-        // Anything else (a refused connection, a reset socket, a 5xx) is worth retrying.
-      } finally {
-        this.#connection?.abort();
-        this.#connection = null;
+        // Full jitter: many clients that lost one replica do not all come back at once.
+        const delay = wait ?? Math.random() * Math.min(ceiling, FIRST_WAIT_MS * 2 ** attempt);
+        attempt += 1;
+        await new Promise((resolve) => {
+          // A plain (ref'd) timer: in Node it keeps the process alive until the reconnect.
+          const timer = setTimeout(resolve, delay);
+          this.#wake = () => {
+            clearTimeout(timer);
+            resolve();
+          };
+        });
+        this.#wake = null;
       }
-      if (this.#closed) return;
-      // Full jitter: many clients that lost one replica do not all come back at once.
-      const delay = wait ?? Math.random() * Math.min(ceiling, FIRST_WAIT_MS * 2 ** attempt);
-      attempt += 1;
-      await new Promise((resolve) => {
-        // A plain (ref'd) timer: in Node it keeps the process alive until the reconnect.
-        const timer = setTimeout(resolve, delay);
-        this.#wake = () => {
-          clearTimeout(timer);
-          resolve();
-        };
-      });
-      this.#wake = null;
+    } finally {
+      this.close(); // ended by an error too: nothing may reconnect, nothing keeps the signal
     }
   }
 
+  /** The response to a new request, or nothing if the feed was closed meanwhile. */
   async #connect() {
+    const connection = new AbortController();
+    this.#connection = connection; // close() from here on aborts it
     const headers = { Accept: "text/event-stream" };
-    if (this.lastEventId !== null) headers["Last-Event-ID"] = this.lastEventId;
+    if (this.#lastEventId !== null) headers["Last-Event-ID"] = this.#lastEventId;
     if (this.#token) {
       const token = typeof this.#token === "function" ? await this.#token() : this.#token;
       headers.Authorization = `Bearer ${token}`;
     }
-    this.#connection = new AbortController();
-    return this.#fetch(this.#url.href, {
-      headers,
-      cache: "no-store",
-      signal: this.#connection.signal,
-    });
-  }
-
-  #read(frame) {
+    if (this.#closed) return null;
+    for (const [name, value] of Object.entries(headers)) {
+      if (typeof value !== "string" || !/^[\t\x20-\x7e]*$/.test(value)) {
+        throw new ClientError(`${name} cannot be sent: ${JSON.stringify(value)}`);
+      }
+    }
+    this.#arm();
     try {
-      return this.#parse(frame.data);
+      return await this.#fetch(this.#url.href, { headers, cache: "no-store", signal: connection.signal });
     } catch (error) {
-      // Reconnecting would receive it again: say so rather than reconnect forever.
-      throw new ClientError(`event ${frame.id ?? frame.event} cannot be read: ${error}`);
+      throw new Transient(String(error));
     }
   }
+
+  /** (Re)starts the watchdog of the connection in use. */
+  #arm() {
+    clearTimeout(this.#watchdog);
+    const connection = this.#connection;
+    this.#watchdog = setTimeout(() => connection?.abort(), this.#idleMs);
+  }
+
+  #disconnect() {
+    clearTimeout(this.#watchdog);
+    this.#connection?.abort();
+    this.#connection = null;
+  }
+
+  /** The frames of the response's body, as they arrive. */
+  async *#frames(body) {
+    const parser = new Parser();
+    const reader = body.getReader();
+    const decoder = new TextDecoder(); // UTF-8; drops a leading byte order mark, as the spec says
+    try {
+      for (;;) {
+        let chunk;
+        try {
+          chunk = await reader.read();
+        } catch (error) {
+          throw new Transient(String(error));
+        }
+        this.#arm();
+        if (chunk.done) {
+          yield* parser.end();
+          return;
+        }
+        yield* parser.push(decoder.decode(chunk.value, { stream: true }));
+      }
+    } finally {
+      reader.cancel().catch(() => {});
+    }
+  }
+
+  /** A frame's data as an object; anything else is a ClientError (reconnecting would
+   * receive the same frame again). */
+  #read(frame) {
+    let body;
+    try {
+      body = this.#parse(frame.data);
+    } catch (error) {
+      throw new ClientError(`event ${frame.id ?? frame.event} cannot be read: ${error}`);
+    }
+    if (body === null || typeof body !== "object") {
+      throw new ClientError(`event ${frame.id ?? frame.event} is not an object: ${frame.data}`);
+    }
+    return body;
+  }
 }
 
-async function discard(response) {
-  await response.body?.cancel().catch(() => {});
-}
-
-/** Throws ClientError for a refusal retrying cannot fix; returns for one it can. */
+/** Throws ClientError for a refusal retrying cannot fix, Transient for one it can. */
 async function refuse(response) {
   const transient = response.status >= 500 || response.status === 408 || response.status === 429;
+  if (transient) {
+    await response.body?.cancel().catch(() => {});
+    throw new Transient(`${response.status}`);
+  }
   let problem;
   try {
     problem = await response.json();
   } catch {
     problem = undefined;
   }
-  if (transient) throw new Error(`${response.status}`);
   const detail = problem && typeof problem.detail === "string" ? problem.detail : response.statusText;
   throw new ClientError(`${response.status}: ${detail}`, response.status, problem);
 }
@@ -212,31 +302,9 @@ function retryAfter(response) {
   return Number.isFinite(ms) ? Math.min(Math.max(ms, 0), MAX_RETRY_AFTER_MS) : null;
 }
 
-/** The frames of an event stream's body. A frame is `{id, event, data, retry}`: `data`
- * undefined when it had no data line, `id` only when it had an id line, `event` "message"
- * unless it named one. Ends at the end of the body; throws if nothing arrives for `idleMs`. */
-async function* frames(body, idleMs, connection) {
-  const parser = new Parser();
-  const reader = body.getReader();
-  const decoder = new TextDecoder(); // UTF-8; drops a leading byte order mark, as the spec says
-  try {
-    for (;;) {
-      const timer = setTimeout(() => connection()?.abort(), idleMs);
-      let chunk;
-      try {
-        chunk = await reader.read();
-      } finally {
-        clearTimeout(timer);
-      }
-      if (chunk.done) {
-        yield* parser.end();
-        return;
-      }
-      yield* parser.push(decoder.decode(chunk.value, { stream: true }));
-    }
-  } finally {
-    reader.cancel().catch(() => {});
-  }
+function indexOr(text, search, from) {
+  const at = text.indexOf(search, from);
+  return at < 0 ? Infinity : at;
 }
 
 /** The event-stream format (https://html.spec.whatwg.org/multipage/server-sent-events.html),
@@ -258,17 +326,18 @@ export class Parser {
     this.#pending.push(text);
     const buffer = this.#pending.join("");
     let start = 0;
-    let cr = -1; // the next CR at or after start, searched again only once passed
+    // The next CR and LF at or after start (Infinity: none left), each searched again only
+    // once passed, so that a buffer of many lines costs one pass whatever its line endings.
+    let cr = -1;
+    let lf = -1;
     while (start < buffer.length) {
       // Lines end at CRLF, LF or CR. A CR at the very end may be the start of a CRLF.
-      if (cr < start) cr = buffer.indexOf("\r", start);
-      let lf = buffer.indexOf("\n", start);
-      if (cr >= 0 && (lf < 0 || cr < lf)) {
-        if (cr + 1 === buffer.length) break;
-        lf = cr;
-      } else if (lf < 0) break;
-      const line = buffer.slice(start, lf);
-      start = lf + (buffer[lf] === "\r" && buffer[lf + 1] === "\n" ? 2 : 1);
+      if (cr < start) cr = indexOr(buffer, "\r", start);
+      if (lf < start) lf = indexOr(buffer, "\n", start);
+      const end = Math.min(cr, lf);
+      if (end === Infinity || (end === cr && cr + 1 === buffer.length)) break;
+      const line = buffer.slice(start, end);
+      start = end + (end === cr && lf === cr + 1 ? 2 : 1);
       const frame = this.#line(line);
       if (frame) yield frame;
     }

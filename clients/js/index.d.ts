@@ -35,14 +35,19 @@ export interface FeedOptions {
   onReset?: (frame: ResetFrame) => void | Promise<void>;
   /** Parses each frame's JSON (default JSON.parse; a lossless parser keeps big numbers). */
   parse?: (text: string) => any;
+  /** Milliseconds without a byte (headers included) after which a connection is taken for
+   * dead and replaced (default 90000; keep it above the server's keep-alive interval). */
+  idleTimeout?: number;
 }
 
-export interface Feed<T = unknown> extends AsyncIterable<FeedEvent<T>> {
+export interface Feed<T = unknown> extends AsyncIterableIterator<FeedEvent<T>> {
   /** The id of the last event delivered (or where the stream started): persist it and
    * pass it as `after` to resume later. */
   readonly lastEventId: string | null;
   next(): Promise<IteratorResult<FeedEvent<T>, undefined>>;
-  /** Stop: the request in flight is aborted and the iteration ends. */
+  /** Closes the feed and ends the iteration (what a `for await` that breaks calls). */
+  return(value?: undefined): Promise<IteratorResult<FeedEvent<T>, undefined>>;
+  /** Stop: the connection in use is aborted and the iteration ends. */
   close(): void;
 }
 
@@ -51,6 +56,7 @@ export interface Feed<T = unknown> extends AsyncIterable<FeedEvent<T>> {
 export function feed<T = unknown>(url: string | URL, options?: FeedOptions): Feed<T>;
 
 export class ClientError extends Error {
+  constructor(message: string, status?: number, problem?: ClientError["problem"]);
   /** The HTTP status (0 when there is none). */
   readonly status: number;
   /** The server's problem document, when it sent one. */
@@ -58,6 +64,7 @@ export class ClientError extends Error {
 }
 
 export class StreamReset extends Error {
+  constructor(frame: ResetFrame);
   readonly frame: ResetFrame;
 }
 
