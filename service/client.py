@@ -248,6 +248,24 @@ class Client:
         accepted: int = response.json()["accepted"]
         return accepted
 
+    async def topics(self) -> list[dict[str, Any]]:
+        """The topics this caller may read: name, head (the last seq) and first_seq (the
+        first seq still held)."""
+        response = await self._http.get("/topics")
+        _raise_for(response)
+        found: list[dict[str, Any]] = response.json()["topics"]
+        return found
+
+    async def page(self, topic: str, *, after: int = 0, limit: int = 100) -> dict[str, Any]:
+        """One page of a topic's history: ``events`` after ``after``, the topic's ``head``,
+        and where the next page starts."""
+        response = await self._http.get(
+            f"/feeds/{topic}/events", params={"after": str(after), "limit": str(limit)}
+        )
+        _raise_for(response)
+        found: dict[str, Any] = response.json()
+        return found
+
     async def export(
         self,
         topic: str,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -84,12 +85,6 @@ async def test_concurrent_migrations_are_safe_and_idempotent(admin_url: str) -> 
         differences = await connection.run_sync(diff)
     await engine.dispose()
     assert differences == []
-
-
-def test_migrate_without_a_database_url_says_so() -> None:
-    result = _changefeed("migrate", env={})
-    assert result.returncode == 2
-    assert "CHANGEFEED_DATABASE_URL" in result.stderr
 
 
 async def test_serve_refuses_an_unmigrated_database(admin_url: str) -> None:
@@ -186,3 +181,42 @@ def test_a_data_directory_the_shell_would_interpret_is_refused(tmp_path: Path) -
     assert result.returncode == 1
     assert "may not contain" in result.stderr
     assert not (tmp_path / "pwned").exists() and not Path("pwned").exists()
+
+
+def test_one_error_style_and_meaningful_exit_codes(
+    service: Service, module_database: str, tmp_path: Path
+) -> None:
+    """Every failure is one line `changefeed <command>: <why>` on stderr, with exit 1 (it
+    failed or found a problem), 2 (bad usage) or 3 (unreachable); never a traceback, never
+    a silent success."""
+    db = {"CHANGEFEED_DATABASE_URL": module_database}
+    http = {"CHANGEFEED_URL": service.base_url}
+    topic = new_topic()
+    cases = [
+        (["verify", "no.such.topic"], db, 1, "changefeed verify: no such topic"),
+        (["retention", "clear", "no.such.topic"], db, 1, "changefeed retention: no policy for"),
+        (["uncapture", "public.nosuch"], db, 1, "changefeed uncapture: relation"),
+        (["export", "no.such.topic", "-o", str(tmp_path / "x")], http, 1, "changefeed export:"),
+        (["import", str(tmp_path / "missing.ndjson")], http, 2, "changefeed import: cannot read"),
+        (["publish", "bad topic", "1"], http, 1, "changefeed publish: 400: "),
+        (["publish", topic, "{"], http, 2, "changefeed publish: the data is not JSON"),
+        (["topics", "--url", "http://127.0.0.1:1"], {}, 3, "changefeed topics: cannot reach"),
+    ]
+    for argv, env, code, message in cases:
+        result = changefeed(*argv, env=env)
+        assert result.returncode == code, (argv, result.stderr)
+        assert result.stderr.startswith(message), (argv, result.stderr)
+        assert len(result.stderr.splitlines()) == 1, (argv, result.stderr)
+    assert not (tmp_path / "x").exists()
+
+    # Options in any position, and no log lines (quiet unless -v).
+    published = changefeed("--url", service.base_url, "publish", topic, '{"n": 1}')
+    assert published.returncode == 0 and published.stderr == "", published.stderr
+    listed = changefeed("topics", "--json", "--url", service.base_url)
+    found = {t["topic"]: t for t in json.loads(listed.stdout)["topics"]}
+    assert found[topic]["head"] == 1 and found[topic]["held"] == 1
+    loud = changefeed("publish", topic, "2", "--url", service.base_url, "-v")
+    assert "HTTP Request: POST" in loud.stderr
+    exported = changefeed("export", topic, "--url", service.base_url)
+    assert [json.loads(line)["data"] for line in exported.stdout.splitlines()] == [{"n": 1}, 2]
+    assert "exit status: 0 done; 1 failed" in changefeed("verify", "--help").stdout

@@ -192,13 +192,13 @@ def test_cli_publish_tail_and_consumers(service: Service) -> None:
     name = f"c{uuid.uuid4().hex[:8]}"
     created = _cli(service, "consumers", "create", name, "--topic", topic)
     assert created.returncode == 0 and json.loads(created.stdout)["lag"] == 2
-    listed = _cli(service, "consumers", "list")
+    listed = _cli(service, "consumers", "list", "--json")
     assert any(c["name"] == name for c in json.loads(listed.stdout)["consumers"])
     assert _cli(service, "consumers", "delete", name).returncode == 0
     missing = _cli(service, "consumers", "show", name)
     assert missing.returncode == 1 and "404" in missing.stderr
     unreachable = changefeed("publish", topic, "1", "--url", "http://127.0.0.1:1")
-    assert unreachable.returncode == 1 and "cannot reach" in unreachable.stderr
+    assert unreachable.returncode == 3 and "cannot reach" in unreachable.stderr
 
 
 async def test_feed_reads_through_tokens_that_expire_every_two_seconds(

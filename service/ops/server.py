@@ -17,8 +17,7 @@ from ..web import uvicorn_protocol
 from ..web.app import create_app
 from ..web.fastpath import PublishFastPath
 from ..web.hosts import AllowedHosts
-from . import migrate
-from .cluster import Cluster
+from . import embedded, migrate
 from .uvicorn_server import DrainingServer
 
 log = logs.get(__name__)
@@ -33,16 +32,8 @@ def database(settings: Settings, *, apply_migrations: bool) -> Iterator[str]:
             migrate.upgrade(settings.database_url, max_event_bytes=limit)
         yield settings.database_url
         return
-    cluster = Cluster(settings.data_dir, bin_dir=settings.pg_bin_dir)
-    log.info("embedded.starting", data_dir=str(cluster.data_dir), binaries=str(cluster.bin_dir))
-    cluster.ensure()
-    try:
-        migrate.upgrade(cluster.url, max_event_bytes=settings.max_event_bytes_if_set)
-        log.info("embedded.ready", url=cluster.url, revision=migrate.head_revision())
-        yield cluster.url
-    finally:
-        log.info("embedded.stopping")
-        cluster.stop()
+    with embedded.serving(settings) as url:
+        yield url
 
 
 def preflight(url: str) -> None:
