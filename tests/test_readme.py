@@ -5,8 +5,11 @@ real Chromium with the JS client and with a native EventSource, and curl."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import re
 import shutil
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -147,3 +150,85 @@ async def test_eventsource_page_example(browser: Any, service: Service) -> None:
         "orders 1 order.created {n: 1}",
         "orders 2 order.refunded {n: 2}",
     ]
+
+
+def _shell_lines(block: str) -> list[str]:
+    """The commands of a shell block (continued lines joined)."""
+    return [line for line in block.replace("\\\n", " ").splitlines() if line.strip()]
+
+
+async def _shell(
+    line: str, cwd: Path, env: dict[str, str], seconds: float
+) -> tuple[int | None, str, str]:
+    """Runs one README command line in bash; one that follows for ever is stopped after
+    ``seconds`` (exit status None), keeping what it printed."""
+    process = await asyncio.create_subprocess_exec(
+        "bash",
+        "-c",
+        line,
+        cwd=cwd,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    reading = asyncio.gather(process.stdout.read(), process.stderr.read())
+    code: int | None
+    try:
+        async with asyncio.timeout(seconds):
+            code = await process.wait()
+    except TimeoutError:
+        os.killpg(process.pid, signal.SIGTERM)
+        await process.wait()
+        code = None
+    out, err = await reading
+    return code, out.decode(), err.decode()
+
+
+def _environment(service: Service, database: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHANGEFEED_")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env.update({"CHANGEFEED_URL": service.base_url, "CHANGEFEED_DATABASE_URL": database})
+    return env
+
+
+@pytest.fixture
+def empty_service(database: str) -> Iterator[Service]:
+    with Service(database) as svc:
+        yield svc
+
+
+async def test_run_it_example(empty_service: Service, database: str, workdir: Path) -> None:
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    address = empty_service.base_url.removeprefix("http://127.0.0.1:")
+    subscribe, publish = _shell_lines(example("run-it", empty_service))
+    env = _environment(empty_service, database)
+    code, out, err = await _shell(
+        publish.replace("localhost:8000", f"localhost:{address}"), workdir, env, 30
+    )
+    assert code == 0 and "accepted" in out, err
+    code, out, _ = await _shell(
+        subscribe.replace("localhost:8000", f"localhost:{address}"), workdir, env, 3
+    )
+    assert code is None  # it follows
+    assert re.search(r'id: 1\.[0-9a-f]{8}\nevent: order.created\ndata: \{"n": 1\}', out), out
+
+
+async def test_command_line_example(empty_service: Service, database: str, workdir: Path) -> None:
+    env = _environment(empty_service, database)
+    said = {}
+    for line in _shell_lines(example("cli", empty_service)):
+        command = line.split("#")[0].strip()
+        follows = " tail " in f" {command} "
+        code, out, err = await _shell(command, workdir, env, 5 if follows else 60)
+        assert code == (None if follows else 0), (line, err)
+        assert err == "", (line, err)  # quiet: no log lines
+        said[command.split()[1]] = out
+    tailed = [json.loads(line) for line in said["tail"].splitlines()]
+    assert [(e["seq"], e["type"], e["data"]) for e in tailed] == [(1, "order.created", {"n": 1})]
+    assert "orders" in said["topics"] and json.loads(said["consumers"])["name"] == "billing"
+    assert len((workdir / "orders.ndjson").read_text().splitlines()) == 1
+    assert said["verify"].strip() == "1 topics intact"
+    assert said["status"].startswith("changefeed ") and "ready" in said["status"]

@@ -14,8 +14,16 @@ subscriptions = Gauge(
     "changefeed_subscriptions", "Fan-out registrations (one per open stream, while it lives)"
 )
 feeds = Gauge("changefeed_topic_feeds", "Topics this replica fans out (topics with subscribers)")
-published = Counter("changefeed_events_published", "Events accepted by this replica's publish API")
+published = Counter(
+    "changefeed_events_published",
+    "Events accepted by this replica's publish API (repeats of a stored id included: they are "
+    "dropped when numbered, see changefeed_events_deduplicated)",
+)
 sequenced = Counter("changefeed_events_sequenced", "Events numbered by this replica's sequencer")
+deduplicated = Counter(
+    "changefeed_events_deduplicated",
+    "Events this replica's sequencer dropped as repeats of an id already stored in their topic",
+)
 
 
 class _Count(Collector):

@@ -146,6 +146,8 @@ class Sequencer:
             assert row is not None
             if row["sequenced"]:
                 metrics.sequenced.inc(row["sequenced"])
+            if row["consumed"] > row["sequenced"]:
+                metrics.deduplicated.inc(row["consumed"] - row["sequenced"])
             now = time.monotonic()
             if row["consumed"] and not consumed_since_vacuum:
                 first_consumed = now
