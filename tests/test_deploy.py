@@ -3,8 +3,12 @@ nginx config itself runs in test_faults.py)."""
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
 
+import pytest
 import yaml
 
 from tests.support import REPO
@@ -28,8 +32,13 @@ def test_kubernetes_deployment_probes_and_grace_period() -> None:
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert pod["securityContext"]["runAsNonRoot"] is True
-    job = _k8s("Job")["spec"]["template"]["spec"]["containers"][0]
-    assert job["command"] == ["changefeed", "migrate"]
+    (migrate,) = pod["initContainers"]
+    assert migrate["command"] == ["changefeed", "migrate"]
+    assert migrate["image"] == container["image"]
+    budget = _k8s("PodDisruptionBudget")["spec"]
+    assert (
+        budget["selector"]["matchLabels"] == _k8s("Deployment")["spec"]["selector"]["matchLabels"]
+    )
     annotations = _k8s("Ingress")["metadata"]["annotations"]
     assert annotations["nginx.ingress.kubernetes.io/proxy-buffering"] == "off"
     assert int(annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"]) > 60
@@ -117,3 +126,51 @@ def test_the_ingress_routes_the_api_and_not_the_metrics() -> None:
         assert routed(path), path
     for path in ["/metrics", "/healthz", "/readyz"]:
         assert not routed(path), path
+
+
+def _bytes(quantity: str) -> int:
+    units = {"Ki": 1024, "Mi": 1024**2, "Gi": 1024**3}
+    return int(quantity[:-2]) * units[quantity[-2:]]
+
+
+def test_the_memory_limit_covers_the_worst_case_of_its_settings() -> None:
+    """Every stream may buffer SUBSCRIBER_BUFFER_BYTES of unsent events: the limit must hold
+    all of them at once, over a base of 100 MiB for the process itself."""
+    from changefeed.settings import Settings
+
+    container = _k8s("Deployment")["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    defaults = Settings()
+    streams = int(env.get("CHANGEFEED_MAX_STREAMS", defaults.max_streams))
+    buffer = int(env.get("CHANGEFEED_SUBSCRIBER_BUFFER_BYTES", defaults.subscriber_buffer_bytes))
+    worst = 100 * 1024**2 + streams * buffer
+    assert worst <= _bytes(container["resources"]["limits"]["memory"]), worst
+
+
+def test_kubernetes_manifests_are_valid() -> None:
+    """Against Kubernetes' own schemas (kubernetes-validate bundles them: no cluster, no
+    network), every resource the kustomization lists."""
+    import kubernetes_validate
+
+    kustomization = yaml.safe_load((DEPLOY / "kubernetes" / "kustomization.yaml").read_text())
+    checked = 0
+    for name in kustomization["resources"]:
+        for doc in yaml.safe_load_all((DEPLOY / "kubernetes" / name).read_text()):
+            kubernetes_validate.validate(doc, "1.33", strict=True)
+            checked += 1
+    assert checked == len(kustomization["resources"])
+
+
+@pytest.mark.skipif(
+    shutil.which("docker-compose") is None and not os.environ.get("CI"),
+    reason="docker-compose (Debian's, for `config`) is not installed",
+)
+def test_the_compose_file_is_valid() -> None:
+    checked = subprocess.run(
+        ["docker-compose", "-f", "docker-compose.yml", "config", "-q"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert checked.returncode == 0, checked.stderr

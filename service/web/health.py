@@ -33,4 +33,6 @@ async def readyz(runtime: Runtime) -> Response[dict[str, Any]]:
 
 @get("/metrics", tags=["operations"], summary="Prometheus metrics", include_in_schema=False)
 async def metrics() -> Response[bytes]:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    # Litestar adds the charset to text/* types itself: without this, it would say it twice.
+    media_type = CONTENT_TYPE_LATEST.replace("; charset=utf-8", "")
+    return Response(generate_latest(), media_type=media_type)
