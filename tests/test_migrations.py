@@ -160,6 +160,7 @@ async def test_the_installed_wheel_migrates_down_and_up(admin_url: str) -> None:
         shipped = site / "changefeed" / "web" / "static" / "client.js"
         assert not shipped.is_symlink()
         assert shipped.read_bytes() == (REPO / "clients" / "js" / "client.js").read_bytes()
+        assert (shipped.parent / "swagger" / "swagger-ui-bundle.js").stat().st_size > 1_000_000
         url = await create_database(admin_url)
         script = (
             "import sys, changefeed\n"

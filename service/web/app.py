@@ -15,7 +15,7 @@ from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetail
 from .. import __version__, logs
 from ..core.runtime import Runtime
 from ..settings import Settings
-from . import demo, health, problems
+from . import demo, docs, health, problems
 from .access import caller, runtime_of
 from .consumers import ConsumerController
 from .feeds import FeedController, list_topics
@@ -46,6 +46,7 @@ def create_app(
             ConsumerController,
             demo.demo,
             demo.client_js,
+            docs.asset,
             health.healthz,
             health.readyz,
             health.metrics,
@@ -64,6 +65,7 @@ def create_app(
             title="changefeed",
             version=__version__,
             description="An exactly-resumable change feed over PostgreSQL, served as SSE.",
+            render_plugins=[docs.SwaggerPage()],
         ),
         logging_config=None,
     )
