@@ -9,6 +9,7 @@ others skip.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import asyncpg
@@ -85,16 +86,22 @@ async def clear_policy(conn: asyncpg.Connection, pattern: str) -> bool:
     return result != "DELETE 0"
 
 
-async def trim(db: Database | asyncpg.Connection, batch_rows: int) -> dict[str, int]:
+async def trim(
+    db: Database | asyncpg.Connection,
+    batch_rows: int,
+    on_removed: Callable[[int], None] | None = None,
+) -> dict[str, int]:
     """Remove what the policies no longer keep, one short transaction per ``batch_rows``
-    events, until done; the events removed per topic. Returns at once, removing nothing,
-    while another replica trims."""
+    events, until done; the events removed per topic (``on_removed`` hears of each batch).
+    Returns at once, removing nothing, while another replica trims."""
     removed: dict[str, int] = {}
     while True:
         rows = await db.fetch(_TRIM, batch_rows)
         for row in rows:
             removed[row["topic"]] = removed.get(row["topic"], 0) + row["removed"]
             metrics.retention_removed.inc(row["removed"])
+            if on_removed is not None:
+                on_removed(row["removed"])
             log.info(
                 "retention.trimmed",
                 topic=row["topic"],

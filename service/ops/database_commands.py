@@ -214,9 +214,11 @@ def _describe(policy: Any) -> str:
 def trim(settings: Settings, args: argparse.Namespace) -> None:
     from ..core import retention
 
+    progress = Progress("events removed")
     removed: dict[str, int] = on_connection(
-        settings, lambda conn: retention.trim(conn, settings.retention_batch_rows)
+        settings, lambda conn: retention.trim(conn, settings.retention_batch_rows, progress.add)
     )
+    progress.done()
     text = ", ".join(f"{topic}: {n} removed" for topic, n in sorted(removed.items()))
     show(args, text or "nothing to remove", {"removed": removed})
 
