@@ -90,3 +90,17 @@ def test_database_commands_use_the_embedded_cluster(data_dir: Path) -> None:
             )
             assert counted.returncode == 0 and counted.stdout.strip() == "1", counted.stderr
     assert not Cluster(data_dir).is_running()
+
+
+def test_a_symlink_planted_as_the_lock_file_is_refused(data_dir: Path, tmp_path: Path) -> None:
+    """In a data directory others can write to, serve (perhaps root) must not write through
+    a link someone put at the lock file's name."""
+    target = tmp_path / "precious"
+    target.write_text("keep me")
+    data_dir.mkdir(parents=True)
+    (data_dir / "serve.lock").symlink_to(target)
+    env = {"CHANGEFEED_DATA_DIR": str(data_dir)}
+    for argv in (["serve", "--port", "0"], ["verify"]):
+        result = changefeed(*argv, env=env, timeout=60)
+        assert result.returncode in (1, 3) and "symbolic link" in result.stderr, result.stderr
+    assert target.read_text() == "keep me"

@@ -56,12 +56,11 @@ class Holder:
 
 def holder(data_dir: Path) -> Holder | None:
     """The ``serve`` running on ``data_dir``, if one is."""
-    path = data_dir / LOCK
     try:
-        handle = path.open("r")
-    except FileNotFoundError:
+        fd = os.open(data_dir / LOCK, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:  # none, or a link (see _open_lock)
         return None
-    with handle:
+    with os.fdopen(fd, "r") as handle:
         if _try_lock(handle, fcntl.LOCK_SH):
             return None  # nobody holds it exclusively: no serve
         return _read_holder(handle)
@@ -129,7 +128,7 @@ def for_command(settings: Settings) -> Iterator[str]:
         cluster = Cluster(data_dir, bin_dir=settings.pg_bin_dir)
         marker = data_dir / STARTED_BY_COMMAND
         if not cluster.is_running():
-            marker.touch()
+            os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600))
         cluster.ensure()
         try:
             migrate.upgrade(cluster.url, max_event_bytes=settings.max_event_bytes_if_set)
@@ -144,7 +143,14 @@ def for_command(settings: Settings) -> Iterator[str]:
 @contextlib.contextmanager
 def _open_lock(data_dir: Path) -> Iterator[IO[str]]:
     # Private like the rest of what is the cluster's: its contents say where serve runs.
-    fd = os.open(data_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    # O_NOFOLLOW: in a directory others can write to, a symlink planted at this name would
+    # otherwise have serve (perhaps root) truncate and write the file it points to.
+    try:
+        fd = os.open(data_dir / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise DataDirInUse(f"{data_dir / LOCK} is a symbolic link: refusing it") from None
+        raise
     with os.fdopen(fd, "r+") as handle:
         yield handle  # closing it releases the lock
 
