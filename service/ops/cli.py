@@ -136,7 +136,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     capture.add_argument("table", help="the table, as schema.table")
     capture.add_argument("--topic", help="the topic (default: the table's name)")
+    capture.add_argument(
+        "--backfill",
+        action="store_true",
+        help="then publish every existing row as a `read` event (see changefeed backfill)",
+    )
     capture.set_defaults(handler=database_commands.capture)
+    backfill = command(
+        "backfill",
+        help="publish a captured table's rows as `read` events",
+        description="Publish every row of TABLE (or those matching --where) into its "
+        "capture's topic as events of type read ({table, op: read, key, new}), in chunks of "
+        "the primary key's order, each a short transaction. Exact under concurrent writes: "
+        "a row's read is never ordered before a change of that row it does not include. "
+        "Apply a read as an upsert of new at key. Killed half-way, run it again: reads are "
+        "upserts, so a second full backfill is exact too.",
+    )
+    backfill.add_argument("table", help="the table, as schema.table")
+    backfill.add_argument("--where", help="an SQL condition on the table's columns")
+    backfill.add_argument(
+        "--chunk-rows", type=int, default=1000, help="rows per transaction (default 1000)"
+    )
+    backfill.set_defaults(handler=database_commands.backfill)
     uncapture = command("uncapture", help="stop capturing a table's changes")
     uncapture.add_argument("table", help="the table, as schema.table")
     uncapture.set_defaults(handler=database_commands.uncapture)

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import shutil
 import subprocess
+import sys
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -117,7 +118,34 @@ def capture(settings: Settings, args: argparse.Namespace) -> None:
 
     with database(settings) as url:
         topic = run(cdc.capture(url, args.table, args.topic))
-    show(args, f"changes of {args.table} are published on topic {topic}", {"topic": topic})
+        said = f"changes of {args.table} are published on topic {topic}"
+        if not args.backfill:
+            show(args, said, {"topic": topic})
+            return
+        print(said, file=sys.stderr)
+        count = _backfill(url, args.table, None, 1000)
+    show(args, f"{count} rows published as read events on {topic}", {"topic": topic, "read": count})
+
+
+def backfill(settings: Settings, args: argparse.Namespace) -> None:
+    if args.chunk_rows < 1:
+        raise CommandError("--chunk-rows must be at least 1", USAGE)
+    with database(settings) as url:
+        count = _backfill(url, args.table, args.where, args.chunk_rows)
+    show(args, f"{count} rows published as read events", {"read": count})
+
+
+def _backfill(url: str, table: str, where: str | None, chunk_rows: int) -> int:
+    from ..core import backfill as backfills
+
+    progress = Progress("rows", run(backfills.estimate(url, table)))
+    try:
+        count: int = run(
+            backfills.backfill(url, table, where=where, chunk_rows=chunk_rows, on_rows=progress.add)
+        )
+    finally:
+        progress.done()
+    return count
 
 
 def uncapture(settings: Settings, args: argparse.Namespace) -> None:

@@ -1,0 +1,165 @@
+"""Backfill: a captured table's existing rows published into its topic as ``read`` events,
+so that replaying the topic from seq 1 rebuilds the table whenever capture began.
+
+The rows are read in chunks of the primary key's order, each chunk its own short
+transaction (no long-running snapshot holding back vacuum; memory bounded by a chunk).
+
+Why a ``read`` can never overtake a concurrent change of the same row
+---------------------------------------------------------------------
+Events are numbered in the order their inbox rows become visible, and a row's changes
+reach the inbox in the order their transactions commit (a writer must wait for the
+previous writer of the row to commit). A chunk reads rows and inserts their ``read``
+events in one transaction, and reads them ``FOR SHARE``:
+
+- a writer that changed a row of the chunk and has not committed makes the chunk wait for
+  it; the chunk then reads the row as that writer left it (READ COMMITTED re-reads the
+  newest version, or skips the row if it was deleted or moved out of the chunk's range).
+  The writer's event is committed before the chunk's ``read`` is even inserted, so it is
+  numbered first, and the ``read`` carries the newer value;
+- a writer that comes after the chunk's read must wait for the chunk's lock, so for the
+  chunk to commit: its event is inserted, and numbered, after the ``read``.
+
+Either way the ``read`` and the change of a row are ordered as they happened, and each
+``read`` holds the row as of its place in the topic. Rows inserted by a writer the chunk
+does not see arrive as their own ``insert`` events. A chunk covers a range of keys fixed
+before it locks anything, ``(after, upper]``, so that a row whose key a concurrent update
+moved cannot make the range skip rows: a row that moved out is read by the chunk its new
+key falls in, or arrives as the ``insert`` of its key change. A ``TRUNCATE`` waits for a
+chunk in progress (its lock conflicts with the chunk's), so its event follows the chunk's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from . import database
+from .schema import SCHEMA
+
+
+class BackfillError(ValueError):
+    """The table cannot be backfilled as asked (not captured, or a bad condition)."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    table: str  # schema.table, quoted as PostgreSQL prints it
+    topic: str
+    keys: list[str]
+
+
+async def plan(conn: asyncpg.Connection, table: str) -> Plan:
+    row = await conn.fetchrow(
+        f"SELECT c.table_name, c.topic, c.key_columns FROM {SCHEMA}.captures c "
+        f"WHERE c.table_name = {SCHEMA}.qualified_name($1::regclass)",
+        table,
+    )
+    if row is None:
+        raise BackfillError(f"{table} is not captured: declare it with changefeed capture first")
+    return Plan(row["table_name"], row["topic"], list(row["key_columns"]))
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+async def backfill(
+    url: str,
+    table: str,
+    *,
+    where: str | None = None,
+    chunk_rows: int = 1000,
+    on_rows: Callable[[int], None] | None = None,
+) -> int:
+    """Publish every row of captured ``table`` (matching ``where``, an SQL condition on its
+    columns) as a ``read`` event; returns how many. Runs with the connecting role's rights:
+    it needs SELECT and UPDATE (for FOR SHARE) on the table, and EXECUTE on publish()."""
+    conn = await database.connect(url, "backfill")
+    try:
+        target = await plan(conn, table)
+        types = await _key_types(conn, table, target.keys)
+        keys = ", ".join(f"t.{_ident(k)}" for k in target.keys)
+        n = len(target.keys)
+
+        def bound(first: int) -> str:
+            # Typed parameters, so that the row comparison is an index range scan.
+            return ", ".join(f"(${first + i}::text)::{t}" for i, t in enumerate(types))
+
+        as_text = ", ".join(f"t.{_ident(k)}::text" for k in target.keys)
+        condition = f" AND ({where})" if where else ""
+        key_json = ", ".join(f"{_literal(k)}, t.{_ident(k)}" for k in target.keys)
+        published = 0
+        after: list[str] | None = None
+        while True:
+            lower = f"({keys}) > ({bound(1)})" if after is not None else "true"
+            offset = n + 1 if after is not None else 1
+            # The chunk's upper key: the chunk_rows-th after the previous chunk's (none: the
+            # rest of the table). Fixed before anything is locked (see above).
+            upper_sql = (
+                f"SELECT {as_text} FROM {target.table} t WHERE {lower} "
+                f"ORDER BY {keys} OFFSET ${offset} - 1 LIMIT 1"
+            )
+            first_upper = offset
+            upper_clause = "true"
+            read_args: list[Any] = list(after or [])
+            async with conn.transaction():
+                try:
+                    found = await conn.fetchrow(upper_sql, *(after or []), chunk_rows)
+                    upper = list(found.values()) if found is not None else None
+                    if upper is not None:
+                        upper_clause = f"({keys}) <= ({bound(first_upper)})"
+                        read_args += upper
+                    last_arg = len(read_args)
+                    read_sql = (
+                        f"WITH locked AS MATERIALIZED (SELECT t.* FROM {target.table} t "
+                        f"WHERE {lower} AND {upper_clause}{condition} "
+                        f"ORDER BY {keys} FOR SHARE OF t) "
+                        f"SELECT {SCHEMA}.publish(${last_arg + 1}, 'read', jsonb_build_object("
+                        f"'table', ${last_arg + 2}::text, 'op', 'read', "
+                        f"'key', jsonb_build_object({key_json}), 'new', to_jsonb(t))) "
+                        f"FROM locked t"
+                    )
+                    rows = await conn.fetch(read_sql, *read_args, target.topic, target.table)
+                except asyncpg.PostgresError as exc:
+                    raise BackfillError(f"cannot read {target.table}: {exc}") from None
+            published += len(rows)
+            if on_rows is not None and rows:
+                on_rows(len(rows))
+            if upper is None:
+                return published
+            after = upper
+    finally:
+        await conn.close()
+
+
+async def _key_types(conn: asyncpg.Connection, table: str, keys: list[str]) -> list[str]:
+    rows = await conn.fetch(
+        "SELECT a.attname, format_type(a.atttypid, a.atttypmod) AS type FROM pg_attribute a "
+        "WHERE a.attrelid = $1::regclass AND a.attname = ANY($2::text[]) AND NOT a.attisdropped",
+        table,
+        keys,
+    )
+    found = {r["attname"]: r["type"] for r in rows}
+    missing = [k for k in keys if k not in found]
+    if missing:
+        raise BackfillError(f"{table}: key column {missing[0]} is gone: declare the capture again")
+    return [found[k] for k in keys]
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+async def estimate(url: str, table: str) -> int | None:
+    """The planner's row count of ``table`` (for progress), if it has one."""
+    conn = await database.connect(url, "backfill")
+    try:
+        value: Any = await conn.fetchval(
+            "SELECT reltuples::bigint FROM pg_class WHERE oid = $1::regclass", table
+        )
+        return int(value) if value is not None and value >= 0 else None
+    finally:
+        await conn.close()
