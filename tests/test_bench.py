@@ -12,7 +12,16 @@ from tests.support import REPO
 
 
 @pytest.mark.parametrize(
-    "script", ["run.py", "loadgen.py", "audit.py", "retention.py", "writes.py", "client_size.py"]
+    "script",
+    [
+        "run.py",
+        "loadgen.py",
+        "audit.py",
+        "retention.py",
+        "writes.py",
+        "client_size.py",
+        "backfill.py",
+    ],
 )
 def test_benchmark_script_starts(script: str) -> None:
     done = subprocess.run(

@@ -220,3 +220,12 @@ def test_one_error_style_and_meaningful_exit_codes(
     exported = changefeed("export", topic, "--url", service.base_url)
     assert [json.loads(line)["data"] for line in exported.stdout.splitlines()] == [{"n": 1}, 2]
     assert "exit status: 0 done; 1 failed" in changefeed("verify", "--help").stdout
+
+
+def test_the_open_embedded_server_stays_on_this_machine(tmp_path: Path) -> None:
+    """Without CHANGEFEED_AUTH the embedded server is open, so only on loopback: bound to
+    another interface it asks for a choice, before starting anything."""
+    env = {"CHANGEFEED_DATA_DIR": str(tmp_path / "data")}
+    result = changefeed("serve", "--host", "0.0.0.0", "--port", "0", env=env, timeout=60)
+    assert result.returncode == 2 and "choose authentication" in result.stderr
+    assert not (tmp_path / "data").exists()

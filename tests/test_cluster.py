@@ -94,3 +94,40 @@ def test_a_running_cluster_on_a_long_path_is_adopted() -> None:
     finally:
         first.stop("immediate")
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_a_data_directory_others_could_redirect_is_refused() -> None:
+    """Root must not follow what another user planted: a link at pgdata (root would hand
+    its target to the server's user), a data directory of another user's, or one that
+    others may write to."""
+    from changefeed.ops.cluster import ClusterError
+
+    base = private_tempdir("changefeed-planted-")
+    try:
+        precious = base / "precious"
+        precious.mkdir(mode=0o755)
+        planted = base / "planted"
+        planted.mkdir()
+        (planted / "pgdata").symlink_to(precious)
+        nobody = base / "nobodys"
+        nobody.mkdir()
+        os.chown(nobody, 65534, 65534)
+        shared = base / "shared"
+        shared.mkdir()
+        shared.chmod(0o777)
+        for data_dir, reason in (
+            (planted, "not a directory of the server's user"),
+            (nobody / ".changefeed", "belongs to another user"),
+            (shared / ".changefeed", "writable by other users"),
+        ):
+            with pytest.raises(ClusterError, match=reason):
+                Cluster(data_dir)
+        info = precious.stat()
+        assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (0, 0o755)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_the_server_runs_without_roots_group(cluster: Cluster) -> None:
+    version = cluster.pgdata / "PG_VERSION"
+    assert version.stat().st_gid != 0

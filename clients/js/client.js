@@ -48,6 +48,15 @@ export function feed(url, options = {}) {
 const IDLE_MS = 90_000;
 const FIRST_WAIT_MS = 100;
 const MAX_RETRY_AFTER_MS = 300_000;
+// The server's `retry:` is taken within these bounds (a hostile or broken one cannot make a
+// client wait for days, or hammer it).
+const RETRY_BOUNDS_MS = [100, 60_000];
+// Characters of one event (or one line) at most: a peer sending an endless line must not
+// take all memory. The service's largest event is CHANGEFEED_MAX_EVENT_BYTES (64 KiB).
+const MAX_EVENT_SIZE = 16 * 1024 * 1024;
+// What is kept of a refusal's body, and shown of a frame in an error message.
+const MAX_ERROR_BODY = 64 * 1024;
+const shown = (text) => (text.length > 200 ? `${text.slice(0, 200)}…` : text);
 
 // What is worth connecting again for: the network failed, the server answered 5xx, 408 or
 // 429, or went quiet. Anything else thrown while following (a ClientError, a StreamReset,
@@ -69,7 +78,12 @@ class Feed {
   #wake = null; // ends the wait between connections early (close)
   #events;
 
-  constructor(url, { after, token, fetch: fetcher, signal, onReset, parse, idleTimeout } = {}) {
+  #maxEventSize;
+
+  constructor(
+    url,
+    { after, token, fetch: fetcher, signal, onReset, parse, idleTimeout, maxEventSize } = {},
+  ) {
     const base = globalThis.location ? globalThis.location.href : undefined;
     this.#url = new URL(url, base);
     this.#url.searchParams.set("dispatch", "message");
@@ -78,6 +92,7 @@ class Feed {
     this.#onReset = onReset;
     this.#parse = parse || JSON.parse;
     this.#idleMs = idleTimeout ?? IDLE_MS;
+    this.#maxEventSize = maxEventSize ?? MAX_EVENT_SIZE;
     this.#lastEventId = after === undefined || after === null ? null : String(after);
     if (signal) {
       this.#signal = signal;
@@ -143,7 +158,9 @@ class Feed {
           }
           for await (const frame of this.#frames(response.body)) {
             if (this.#closed) return;
-            if (frame.retry !== undefined) ceiling = Math.max(FIRST_WAIT_MS, frame.retry);
+            if (frame.retry !== undefined) {
+              ceiling = Math.min(Math.max(frame.retry, RETRY_BOUNDS_MS[0]), RETRY_BOUNDS_MS[1]);
+            }
             if (frame.data === undefined) {
               // The opening frame: its id is where this stream starts, a resume point
               // before any event (so a feed cut before its first event loses nothing).
@@ -153,7 +170,7 @@ class Feed {
             if (frame.event === "reset") {
               const reset = this.#read(frame);
               if (!Number.isSafeInteger(reset.after) || reset.after < 0) {
-                throw new ClientError(`a reset without a valid "after": ${frame.data}`);
+                throw new ClientError(`a reset without a valid "after": ${shown(frame.data)}`);
               }
               this.#lastEventId = String(reset.after);
               if (!this.#onReset) throw new StreamReset(reset);
@@ -168,7 +185,7 @@ class Feed {
             }
             if (frame.event !== "message") continue; // a frame of a later protocol version
             const body = this.#read(frame);
-            if (!frame.id) throw new ClientError(`an event without an id: ${frame.data}`);
+            if (!frame.id) throw new ClientError(`an event without an id: ${shown(frame.data)}`);
             const event = { id: frame.id, seq: body.seq, topic: body.topic, type: body.type, data: body.data };
             this.#lastEventId = frame.id;
             yield event;
@@ -212,7 +229,8 @@ class Feed {
     if (this.#closed) return null;
     for (const [name, value] of Object.entries(headers)) {
       if (typeof value !== "string" || !/^[\t\x20-\x7e]*$/.test(value)) {
-        throw new ClientError(`${name} cannot be sent: ${JSON.stringify(value)}`);
+        // Never the value itself: it may be the token.
+        throw new ClientError(`${name} cannot be sent: not a string of printable ASCII`);
       }
     }
     this.#arm();
@@ -238,7 +256,7 @@ class Feed {
 
   /** The frames of the response's body, as they arrive. */
   async *#frames(body) {
-    const parser = new Parser();
+    const parser = new Parser(this.#maxEventSize);
     const reader = body.getReader();
     const decoder = new TextDecoder(); // UTF-8; drops a leading byte order mark, as the spec says
     try {
@@ -254,7 +272,12 @@ class Feed {
           yield* parser.end();
           return;
         }
-        yield* parser.push(decoder.decode(chunk.value, { stream: true }));
+        try {
+          yield* parser.push(decoder.decode(chunk.value, { stream: true }));
+        } catch (error) {
+          if (error instanceof RangeError) throw new ClientError(error.message);
+          throw error;
+        }
       }
     } finally {
       reader.cancel().catch(() => {});
@@ -271,7 +294,7 @@ class Feed {
       throw new ClientError(`event ${frame.id ?? frame.event} cannot be read: ${error}`);
     }
     if (body === null || typeof body !== "object") {
-      throw new ClientError(`event ${frame.id ?? frame.event} is not an object: ${frame.data}`);
+      throw new ClientError(`event ${frame.id ?? frame.event} is not an object: ${shown(frame.data)}`);
     }
     return body;
   }
@@ -286,12 +309,37 @@ async function refuse(response) {
   }
   let problem;
   try {
-    problem = await response.json();
+    problem = JSON.parse(await readAtMost(response, MAX_ERROR_BODY));
   } catch {
     problem = undefined;
   }
   const detail = problem && typeof problem.detail === "string" ? problem.detail : response.statusText;
   throw new ClientError(`${response.status}: ${detail}`, response.status, problem);
+}
+
+/** The start of a response's body, as text (a refusal's problem document is small). */
+async function readAtMost(response, limit) {
+  if (!response.body) return "";
+  const reader = response.body.getReader();
+  const parts = [];
+  let size = 0;
+  try {
+    while (size < limit) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      parts.push(value);
+      size += value.length;
+    }
+  } finally {
+    reader.cancel().catch(() => {});
+  }
+  const bytes = new Uint8Array(size);
+  let at = 0;
+  for (const part of parts) {
+    bytes.set(part, at);
+    at += part.length;
+  }
+  return new TextDecoder().decode(bytes.subarray(0, limit));
 }
 
 /** A 429's or 503's `Retry-After` in milliseconds (seconds or an HTTP date), bounded. */
@@ -312,7 +360,15 @@ function indexOr(text, search, from) {
  * it is checked against eventsource-parser on every split of the same streams. */
 export class Parser {
   #pending = []; // the start of a line that has not ended yet, as it arrived
-  #frame = { data: [] };
+  #pendingSize = 0;
+  #frame = { data: [], size: 0 };
+  #limit;
+
+  /** `limit`: characters of one line, or of one frame's data, beyond which push() throws
+   * a RangeError (a peer sending an endless line must not take all memory). */
+  constructor(limit = Infinity) {
+    this.#limit = limit;
+  }
 
   /** The frames completed by `text`. */
   *push(text) {
@@ -321,6 +377,8 @@ export class Parser {
       // Still inside one line (a large event arriving in pieces): join the pieces once,
       // when the line ends, rather than once per piece.
       this.#pending.push(text);
+      this.#pendingSize += text.length;
+      if (this.#pendingSize > this.#limit) throw new RangeError(`a line longer than ${this.#limit}`);
       return;
     }
     this.#pending.push(text);
@@ -342,12 +400,15 @@ export class Parser {
       if (frame) yield frame;
     }
     this.#pending = start < buffer.length ? [buffer.slice(start)] : [];
+    this.#pendingSize = buffer.length - start;
+    if (this.#pendingSize > this.#limit) throw new RangeError(`a line longer than ${this.#limit}`);
   }
 
   /** The frame ended by a CR that was the last character of the stream, if any. */
   *end() {
     const rest = this.#pending.join("");
     this.#pending = [];
+    this.#pendingSize = 0;
     if (!rest.endsWith("\r")) return;
     const frame = this.#line(rest.slice(0, -1));
     if (frame) yield frame;
@@ -356,7 +417,7 @@ export class Parser {
   #line(line) {
     if (line === "") {
       const frame = this.#frame;
-      this.#frame = { data: [] };
+      this.#frame = { data: [], size: 0 };
       if (frame.data.length === 0 && frame.id === undefined && frame.retry === undefined) return;
       return {
         id: frame.id,
@@ -370,8 +431,11 @@ export class Parser {
     const field = colon < 0 ? line : line.slice(0, colon);
     let value = colon < 0 ? "" : line.slice(colon + 1);
     if (value[0] === " ") value = value.slice(1);
-    if (field === "data") this.#frame.data.push(value);
-    else if (field === "event") this.#frame.event = value;
+    if (field === "data") {
+      this.#frame.data.push(value);
+      this.#frame.size += value.length + 1;
+      if (this.#frame.size > this.#limit) throw new RangeError(`an event larger than ${this.#limit}`);
+    } else if (field === "event") this.#frame.event = value;
     else if (field === "id" && !value.includes("\0")) this.#frame.id = value;
     else if (field === "retry" && /^\d+$/.test(value)) this.#frame.retry = Number(value);
   }

@@ -38,6 +38,9 @@ export interface FeedOptions {
   /** Milliseconds without a byte (headers included) after which a connection is taken for
    * dead and replaced (default 90000; keep it above the server's keep-alive interval). */
   idleTimeout?: number;
+  /** Characters of one event (or line) at most; a larger one ends the iteration with a
+   * ClientError (default 16 Mi). */
+  maxEventSize?: number;
 }
 
 export interface Feed<T = unknown> extends AsyncIterableIterator<FeedEvent<T>> {
@@ -78,6 +81,8 @@ export interface Frame {
 
 /** The event-stream parser the client uses. */
 export class Parser {
+  /** `limit`: characters of one line or one frame's data; beyond it push() throws a RangeError. */
+  constructor(limit?: number);
   push(text: string): Generator<Frame>;
   end(): Generator<Frame>;
 }

@@ -12,9 +12,12 @@ import pwd
 import shlex
 import shutil
 import socket
+import stat
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 # Not "changefeed": a role named like the schema would put its unqualified tables there
 # (the default search_path starts with "$user").
@@ -87,12 +90,13 @@ class Cluster:
                 "$ ` \\ \" or a line break (PostgreSQL's pg_ctl hands it to a shell)"
             )
         self.pgdata = self.data_dir / "pgdata"
+        # postgres refuses to run as root: run it as an unprivileged user then.
+        self.run_as = _unprivileged_user() if os.geteuid() == 0 else None
+        _require_private(Path(os.path.abspath(data_dir)), self.pgdata, self.run_as)
         self.tcp_port = tcp_port
         self.port = tcp_port or 5432
         self.durable = durable
         self.bin_dir = bin_dir or find_bin_dir()
-        # postgres refuses to run as root: run it as an unprivileged user then.
-        self.run_as = _unprivileged_user() if os.geteuid() == 0 else None
         self.socket_dir = self._choose_socket_dir()
         self.log_file = self.pgdata / "postgresql.log"
 
@@ -105,7 +109,8 @@ class Cluster:
         """The same server, another database."""
         if self.tcp_port:
             return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
-        return f"postgresql://{SUPERUSER}@/{database}?host={self.socket_dir}&port={self.port}"
+        host = quote(str(self.socket_dir), safe="/")  # a # or & in it must not end the value
+        return f"postgresql://{SUPERUSER}@/{database}?host={host}&port={self.port}"
 
     def ensure(self) -> None:
         """Create the cluster on first use, start it, and make sure its database exists."""
@@ -157,7 +162,17 @@ class Cluster:
             if self.tcp_port:
                 self.tcp_port = self.port
         if len(lines) > 4 and lines[4].strip():
-            self.socket_dir = Path(lines[4].strip())
+            socket_dir = Path(lines[4].strip())
+            # Only a socket directory of the server's own user: postmaster.pid is the server's
+            # word, and another user's directory could hold another server's socket.
+            info = os.lstat(socket_dir)
+            owner = pwd.getpwnam(self.run_as).pw_uid if self.run_as else os.geteuid()
+            if not stat.S_ISDIR(info.st_mode) or info.st_uid != owner:
+                raise ClusterError(
+                    f"{self.pgdata}/postmaster.pid names the socket directory {socket_dir}, "
+                    "which is not the server user's own: not adopting that server"
+                )
+            self.socket_dir = socket_dir
 
     def stop(self, mode: str = "fast") -> None:
         """Stop the server (``smart``, ``fast`` or ``immediate``)."""
@@ -172,8 +187,8 @@ class Cluster:
         result = subprocess.run(
             [str(self.bin_dir / "pg_ctl"), "status", "-D", str(self.pgdata)],
             capture_output=True,
-            user=self.run_as,
             check=False,
+            **self._as_server_user(),
         )
         return result.returncode == 0
 
@@ -231,6 +246,14 @@ class Cluster:
                     "runs as under root; set CHANGEFEED_DATA_DIR to a path outside it"
                 )
 
+    def _as_server_user(self) -> dict[str, Any]:
+        """subprocess options that run a program as the server's user, with its own group
+        and no other (not root's group 0, which it would otherwise keep)."""
+        if self.run_as is None:
+            return {}
+        entry = pwd.getpwnam(self.run_as)
+        return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+
     def _psql(self, sql: str, *, allow_error: str = "") -> None:
         # asyncpg rather than psql: the pgserver route has no client package on the machine.
         import asyncio
@@ -254,15 +277,53 @@ class Cluster:
             [str(self.bin_dir / program), *args],
             capture_output=True,
             text=True,
-            user=self.run_as,
             cwd="/",
             check=False,
+            **self._as_server_user(),
         )
         if result.returncode != 0:
             raise ClusterError(
                 f"{program} {args[0]} failed ({result.returncode}): "
                 f"{(result.stderr or result.stdout).strip()}"
             )
+
+
+def _require_private(path: Path, pgdata: Path, run_as: str | None) -> None:
+    """Refuse a data directory that another user could redirect or replace (as ssh's
+    StrictModes does): every directory on its path, as given and as resolved, must belong
+    to root or to this user, and none but sticky ones (/tmp) may be writable by others;
+    ``pgdata``, if it exists, must be a real directory of the server's user. Otherwise a
+    user could plant a link there and have changefeed, perhaps running as root, hand the
+    target to the server's user, or adopt a server of theirs."""
+    me = os.geteuid()
+    for candidate in dict.fromkeys([path, path.resolve()]):
+        for part in [*reversed(candidate.parents), candidate]:
+            try:
+                info = os.lstat(part)
+            except FileNotFoundError:
+                break
+            if info.st_uid not in (0, me):
+                raise ClusterError(
+                    f"{part} belongs to another user, who could redirect the embedded "
+                    "database: set CHANGEFEED_DATA_DIR to a directory of your own"
+                )
+            if stat.S_ISLNK(info.st_mode):
+                continue
+            if info.st_mode & 0o022 and not (info.st_mode & stat.S_ISVTX and part != candidate):
+                raise ClusterError(
+                    f"{part} is writable by other users: set CHANGEFEED_DATA_DIR to a "
+                    "directory only you can write to"
+                )
+    try:
+        info = os.lstat(pgdata)
+    except FileNotFoundError:
+        return
+    owner = pwd.getpwnam(run_as).pw_uid if run_as else me
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != owner:
+        raise ClusterError(
+            f"{pgdata} is not a directory of the server's user ({run_as or 'you'}): "
+            "refusing it (a link or another user's files)"
+        )
 
 
 def _unprivileged_user() -> str:

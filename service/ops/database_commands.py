@@ -8,12 +8,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import shutil
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from .. import __version__
 from ..settings import Settings
@@ -84,7 +85,14 @@ def serve(settings: Settings, args: argparse.Namespace) -> int:
                 "every topic",
                 USAGE,
             )
-        # The embedded development server: open, and the log says so.
+        if settings.host not in ("127.0.0.1", "localhost", "::1"):
+            raise CommandError(
+                f"serving on {settings.host}, reachable from other machines: choose "
+                "authentication (CHANGEFEED_AUTH=jwt with a key, or CHANGEFEED_AUTH=none to "
+                "let anyone who reaches it read and publish every topic)",
+                USAGE,
+            )
+        # The embedded development server on this machine only: open, and the log says so.
         settings = settings.model_copy(update={"auth": "none"})
     try:
         Authenticator(settings)
@@ -259,7 +267,7 @@ def status(settings: Settings, args: argparse.Namespace) -> None:
 
     found: dict[str, Any] = {
         "version": __version__,
-        "url": settings.url,
+        "url": _without_credentials(settings.url),
         "auth": settings.auth or ("jwt or none: required" if settings.database_url else "none"),
     }
     try:
@@ -323,11 +331,29 @@ def _revision(url: str) -> str | None:
 
 
 def _without_password(url: str) -> str:
+    """What may be shown of a database URL: scheme, user, host, port, database, and the
+    socket's host/port parameters; never a password, wherever it was put. A URL that does
+    not parse is not shown at all."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "(set, not shown: it does not parse as a URL)"
+    if not parts.scheme.startswith("postgres"):
+        return "(set, not shown: not a postgresql:// URL)"
+    user = f"{parts.username}@" if parts.username else ""
+    host = (parts.hostname or "") + (f":{port}" if port else "")
+    kept = [
+        (name, value)
+        for name, value in parse_qsl(parts.query)
+        if name in ("host", "port", "dbname", "user")
+    ]
+    return urlunsplit((parts.scheme, user + host, parts.path, urlencode(kept, safe="/"), ""))
+
+
+def _without_credentials(url: str) -> str:
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 def psql(settings: Settings, args: argparse.Namespace) -> int:
@@ -335,6 +361,22 @@ def psql(settings: Settings, args: argparse.Namespace) -> int:
     if program is None:
         raise CommandError("psql is not installed (Debian: apt install postgresql-client)", USAGE)
     with database(settings) as url:
-        # Not exec: an embedded cluster started for this command is stopped afterwards.
+        # The password goes in the environment, not on the command line, where every local
+        # user could read it (ps) for the whole session.
+        env = dict(os.environ)
+        password = _password(url)
+        if password is not None:
+            env["PGPASSWORD"] = password
         extra = args.psql_args[1:] if args.psql_args[:1] == ["--"] else args.psql_args
-        return subprocess.run([program, url, *extra], check=False).returncode
+        # Not exec: an embedded cluster started for this command is stopped afterwards.
+        shown = _without_password(url) if password is not None else url
+        return subprocess.run([program, shown, *extra], env=env, check=False).returncode
+
+
+def _password(url: str) -> str | None:
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    from_query = dict(parse_qsl(parts.query)).get("password")
+    return unquote(parts.password) if parts.password is not None else from_query

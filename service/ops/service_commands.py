@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from typing import IO, TYPE_CHECKING, Any
@@ -133,7 +134,7 @@ def export(settings: Settings, args: argparse.Namespace) -> None:
         head = (await client.page(args.topic, limit=1))["head"]
         if head == 0:
             raise CommandError(f"{args.topic} has no events")
-        out: IO[bytes] = open(args.output, "wb") if args.output else sys.stdout.buffer  # noqa: SIM115, ASYNC230
+        out: IO[bytes] = _output(args.output) if args.output else sys.stdout.buffer
         try:
             chunks = client.export(
                 args.topic, after=args.after, before=args.before, since=args.since, until=args.until
@@ -153,6 +154,16 @@ def export(settings: Settings, args: argparse.Namespace) -> None:
         # A cut stream ends without its final chunk: the export is incomplete, say so.
         raise CommandError(f"incomplete, {progress.count} events written: {exc}") from None
     progress.done()
+
+
+def _output(path: str) -> IO[bytes]:
+    """The export's file: not through a link someone planted at its name (a shared /tmp),
+    and readable by this user only, since it holds the events."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise CommandError(f"cannot write {path}: {exc.strerror}", USAGE) from None
+    return os.fdopen(fd, "wb")
 
 
 def import_(settings: Settings, args: argparse.Namespace) -> None:
