@@ -65,51 +65,50 @@ def summary(latencies: list[float]) -> str:
     )
 
 
-async def run(rows: int, chunk_rows: int, baseline_seconds: float) -> None:
-    with temporary_cluster("changefeed-bench-", tcp_port=free_port()) as cluster:
-        url = await create_database(cluster.url_for("postgres"))
-        await asyncio.to_thread(migrate.upgrade, url)
-        conn = await asyncpg.connect(url)
-        try:
-            await conn.execute(
-                "CREATE TABLE big (id int PRIMARY KEY, v int NOT NULL, name text, "
-                "amount numeric, at timestamptz DEFAULT now())"
-            )
-            started = time.perf_counter()
-            await conn.execute(
-                "INSERT INTO big (id, v, name, amount) "
-                "SELECT i, 0, 'customer ' || i, i * 1.5 FROM generate_series(0, $1 - 1) i",
-                rows,
-            )
-            await conn.execute("VACUUM ANALYZE big")
-            print(f"filled {rows:,} rows in {time.perf_counter() - started:.1f} s")
-            await conn.fetchval("SELECT changefeed.capture('big')")
-        finally:
-            await conn.close()
-
-        stop = asyncio.Event()
-        task = asyncio.create_task(writer(url, rows, stop))
-        await asyncio.sleep(baseline_seconds)
-        stop.set()
-        print(f"writer alone:           {summary(await task)}")
-
-        stop, done = asyncio.Event(), asyncio.Event()
-        writing = asyncio.create_task(writer(url, rows, stop))
-        numbering = asyncio.create_task(sequencer(url, done))
-        started = time.perf_counter()
-        read = await backfill.backfill(url, "big", chunk_rows=chunk_rows)
-        elapsed = time.perf_counter() - started
-        stop.set()
-        latencies = await writing
-        done.set()
-        await numbering
-        numbered = time.perf_counter() - started
-        print(f"writer during backfill: {summary(latencies)}")
-        print(
-            f"backfill: {read:,} rows in {elapsed:.1f} s = {read / elapsed:,.0f} rows/s "
-            f"(chunks of {chunk_rows}); all numbered after {numbered:.1f} s "
-            f"= {read / numbered:,.0f} rows/s end to end"
+async def run(admin_url: str, rows: int, chunk_rows: int, baseline_seconds: float) -> None:
+    url = await create_database(admin_url)
+    await asyncio.to_thread(migrate.upgrade, url)
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(
+            "CREATE TABLE big (id int PRIMARY KEY, v int NOT NULL, name text, "
+            "amount numeric, at timestamptz DEFAULT now())"
         )
+        started = time.perf_counter()
+        await conn.execute(
+            "INSERT INTO big (id, v, name, amount) "
+            "SELECT i, 0, 'customer ' || i, i * 1.5 FROM generate_series(0, $1 - 1) i",
+            rows,
+        )
+        await conn.execute("VACUUM ANALYZE big")
+        print(f"filled {rows:,} rows in {time.perf_counter() - started:.1f} s")
+        await conn.fetchval("SELECT changefeed.capture('big')")
+    finally:
+        await conn.close()
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(writer(url, rows, stop))
+    await asyncio.sleep(baseline_seconds)
+    stop.set()
+    print(f"writer alone:           {summary(await task)}")
+
+    stop, done = asyncio.Event(), asyncio.Event()
+    writing = asyncio.create_task(writer(url, rows, stop))
+    numbering = asyncio.create_task(sequencer(url, done))
+    started = time.perf_counter()
+    read = await backfill.backfill(url, "public.big", chunk_rows=chunk_rows)
+    elapsed = time.perf_counter() - started
+    stop.set()
+    latencies = await writing
+    done.set()
+    await numbering
+    numbered = time.perf_counter() - started
+    print(f"writer during backfill: {summary(latencies)}")
+    print(
+        f"backfill: {read:,} rows in {elapsed:.1f} s = {read / elapsed:,.0f} rows/s "
+        f"(chunks of {chunk_rows}); all numbered after {numbered:.1f} s "
+        f"= {read / numbered:,.0f} rows/s end to end"
+    )
 
 
 def main() -> None:
@@ -118,7 +117,10 @@ def main() -> None:
     parser.add_argument("--chunk-rows", type=int, default=1000)
     parser.add_argument("--baseline-seconds", type=float, default=10.0)
     args = parser.parse_args()
-    asyncio.run(run(args.rows, args.chunk_rows, args.baseline_seconds))
+    with temporary_cluster("changefeed-bench-", tcp_port=free_port()) as cluster:
+        asyncio.run(
+            run(cluster.url_for("postgres"), args.rows, args.chunk_rows, args.baseline_seconds)
+        )
 
 
 if __name__ == "__main__":
