@@ -47,7 +47,8 @@ async def _rebuilt(db: asyncpg.Connection, topic: str) -> dict[str, Any]:
 
 
 async def _table(db: asyncpg.Connection, table: str) -> dict[str, Any]:
-    rows = await db.fetch(f"SELECT to_jsonb(t) AS row FROM {table} t")
+    """The table's rows by key, without the column the capture excludes."""
+    rows = await db.fetch(f"SELECT to_jsonb(t) - 'secret' AS row FROM {table} t")
     found = {}
     for r in rows:
         row = json.loads(r["row"])
@@ -67,11 +68,17 @@ async def _writer(url: str, table: str, rng: random.Random, stop: asyncio.Event)
                     for _ in range(rng.randint(1, 4)):
                         ident = rng.randrange(0, 3000)
                         op = rng.random()
-                        if op < 0.45:
+                        if op < 0.35:
                             await conn.execute(
                                 f"UPDATE {table} SET v = v + 1, note = $2 WHERE id = $1",
                                 ident,
                                 f"w{rng.random():.6f}",
+                            )
+                        elif op < 0.45:  # only the excluded column: publishes nothing
+                            await conn.execute(
+                                f"UPDATE {table} SET secret = $2 WHERE id = $1",
+                                ident,
+                                f"s{rng.random():.6f}",
                             )
                         elif op < 0.6:
                             await conn.execute(f"DELETE FROM {table} WHERE id = $1", ident)
@@ -116,13 +123,15 @@ async def test_backfill_under_concurrent_writes_rebuilds_the_table(
     try:
         await db.execute(
             f"CREATE TABLE {table} (id int, part text, v int NOT NULL, note text, "
-            "PRIMARY KEY (id, part))"
+            "secret text, PRIMARY KEY (id, part))"
         )
         # Rows from before the capture: only the backfill can publish them.
         await db.execute(
-            f"INSERT INTO {table} SELECT i, 'a', 0, 'old' FROM generate_series(0, 2999) i"
+            f"INSERT INTO {table} SELECT i, 'a', 0, 'old', 'x' FROM generate_series(0, 2999) i"
         )
-        await db.fetchval("SELECT changefeed.capture($1::regclass, $2)", table, topic)
+        await db.fetchval(
+            "SELECT changefeed.capture($1::regclass, $2, exclude => '{secret}')", table, topic
+        )
         stop = asyncio.Event()
         writers = [
             asyncio.create_task(_writer(database, table, random.Random(rng.random()), stop))
@@ -142,6 +151,12 @@ async def test_backfill_under_concurrent_writes_rebuilds_the_table(
         await _sequence_all(db)
         rebuilt, actual = await _rebuilt(db, topic), await _table(db, table)
         assert rebuilt == actual, f"seed {SEED}: {len(rebuilt)} rebuilt, {len(actual)} rows"
+        leaked = await db.fetchval(
+            "SELECT count(*) FROM changefeed.events WHERE topic = $1 "
+            "AND (data->'new' ? 'secret' OR data->'old' ? 'secret')",
+            topic,
+        )
+        assert leaked == 0
     finally:
         await db.close()
 
@@ -180,5 +195,47 @@ async def test_backfill_from_the_command_line(database: str) -> None:
         ):
             result = changefeed(*argv, env=env)
             assert result.returncode == 1 and message in result.stderr, (argv, result.stderr)
+    finally:
+        await db.close()
+
+
+async def test_excluded_columns_appear_in_no_event(database: str) -> None:
+    db = await asyncpg.connect(database)
+    env = {"CHANGEFEED_DATABASE_URL": database}
+    try:
+        await db.execute(
+            "CREATE TABLE public.users (id int PRIMARY KEY, name text, password_hash text)"
+        )
+        await db.execute("INSERT INTO public.users VALUES (1, 'ann', 'h1')")
+        captured = changefeed(
+            "capture", "public.users", "--exclude", "password_hash", "--backfill", env=env
+        )
+        assert captured.returncode == 0, captured.stderr
+        await db.execute("UPDATE public.users SET password_hash = 'h2' WHERE id = 1")  # nothing
+        await db.execute("UPDATE public.users SET name = 'anne', password_hash = 'h3'")
+        await db.execute("INSERT INTO public.users VALUES (2, 'bob', 'h4')")
+        await db.execute("DELETE FROM public.users WHERE id = 2")
+        await _sequence_all(db)
+        events = [
+            (r["type"], json.loads(r["data"]))
+            for r in await db.fetch(
+                "SELECT type, data FROM changefeed.events WHERE topic = 'users' ORDER BY seq"
+            )
+        ]
+        assert [t for t, _ in events] == ["read", "update", "insert", "delete"]
+        assert events[1][1]["new"] == {"id": 1, "name": "anne"}
+        assert events[1][1]["old"] == {"id": 1, "name": "ann"}
+        assert all("password_hash" not in json.dumps(e) for _, e in events)
+        # Refused, and nothing half-declared: the capture stays as it was.
+        for argv, message in (
+            (["--exclude", "id"], "is a key column"),
+            (["--exclude", "nosuch"], "has no column"),
+        ):
+            result = changefeed("capture", "public.users", *argv, env=env)
+            assert result.returncode == 1 and message in result.stderr, result.stderr
+        kept = await db.fetchval(
+            "SELECT excluded_columns FROM changefeed.captures WHERE table_name = 'public.users'"
+        )
+        assert kept == ["password_hash"]
     finally:
         await db.close()

@@ -23,6 +23,9 @@ BEGIN
                          'publishes: declare the capture again.';
     END IF;
     changes := pending::jsonb;
+    IF TG_OP = 'UPDATE' AND changes = '[]' THEN
+        RETURN NULL;  -- only excluded columns changed
+    END IF;
     ops := (changes -> 0 ->> 'op') || coalesce(',' || (changes -> 1 ->> 'op'), '');
     IF jsonb_array_length(changes) > 2
        OR changes -> 0 ->> 'table' IS DISTINCT FROM table_name

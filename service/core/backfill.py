@@ -49,17 +49,21 @@ class Plan:
     table: str  # schema.table, quoted as PostgreSQL prints it
     topic: str
     keys: list[str]
+    excluded: list[str]
 
 
 async def plan(conn: asyncpg.Connection, table: str) -> Plan:
     row = await conn.fetchrow(
-        f"SELECT c.table_name, c.topic, c.key_columns FROM {SCHEMA}.captures c "
+        f"SELECT c.table_name, c.topic, c.key_columns, c.excluded_columns "
+        f"FROM {SCHEMA}.captures c "
         f"WHERE c.table_name = {SCHEMA}.qualified_name($1::regclass)",
         table,
     )
     if row is None:
         raise BackfillError(f"{table} is not captured: declare it with changefeed capture first")
-    return Plan(row["table_name"], row["topic"], list(row["key_columns"]))
+    return Plan(
+        row["table_name"], row["topic"], list(row["key_columns"]), list(row["excluded_columns"])
+    )
 
 
 def _ident(name: str) -> str:
@@ -119,10 +123,13 @@ async def backfill(
                         f"ORDER BY {keys} FOR SHARE OF t) "
                         f"SELECT {SCHEMA}.publish(${last_arg + 1}, 'read', jsonb_build_object("
                         f"'table', ${last_arg + 2}::text, 'op', 'read', "
-                        f"'key', jsonb_build_object({key_json}), 'new', to_jsonb(t))) "
+                        f"'key', jsonb_build_object({key_json}), "
+                        f"'new', to_jsonb(t) - ${last_arg + 3}::text[])) "
                         f"FROM locked t"
                     )
-                    rows = await conn.fetch(read_sql, *read_args, target.topic, target.table)
+                    rows = await conn.fetch(
+                        read_sql, *read_args, target.topic, target.table, target.excluded
+                    )
                 except asyncpg.PostgresError as exc:
                     raise BackfillError(f"cannot read {target.table}: {exc}") from None
             published += len(rows)

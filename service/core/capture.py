@@ -6,12 +6,13 @@ from . import database
 from .schema import SCHEMA
 
 
-async def capture(url: str, table: str, topic: str | None) -> str:
-    """Install the capture triggers on ``table``; returns the topic its changes go to."""
+async def capture(url: str, table: str, topic: str | None, exclude: list[str] | None = None) -> str:
+    """Install the capture triggers on ``table``, leaving the ``exclude`` columns out of
+    every event; returns the topic its changes go to."""
     conn = await database.connect(url, "cli")
     try:
         chosen: str = await conn.fetchval(
-            f"SELECT {SCHEMA}.capture($1::regclass, $2)", table, topic
+            f"SELECT {SCHEMA}.capture($1::regclass, $2, $3::text[])", table, topic, exclude or []
         )
         return chosen
     finally:

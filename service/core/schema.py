@@ -121,6 +121,10 @@ captures = sa.Table(
     sa.Column(
         "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
     ),
+    # Columns left out of every event (0010).
+    sa.Column(
+        "excluded_columns", sa.ARRAY(sa.Text), nullable=False, server_default=sa.text("'{}'")
+    ),
 )
 
 consumers = sa.Table(

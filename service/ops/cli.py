@@ -137,6 +137,12 @@ def _parser() -> argparse.ArgumentParser:
     capture.add_argument("table", help="the table, as schema.table")
     capture.add_argument("--topic", help="the topic (default: the table's name)")
     capture.add_argument(
+        "--exclude",
+        action="append",
+        metavar="COLUMN",
+        help="leave this column out of every event (repeat for more; not a key column)",
+    )
+    capture.add_argument(
         "--backfill",
         action="store_true",
         help="then publish every existing row as a `read` event (see changefeed backfill)",

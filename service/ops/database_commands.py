@@ -125,7 +125,7 @@ def capture(settings: Settings, args: argparse.Namespace) -> None:
     from ..core import capture as cdc
 
     with database(settings) as url:
-        topic = run(cdc.capture(url, args.table, args.topic))
+        topic = run(cdc.capture(url, args.table, args.topic, args.exclude))
         said = f"changes of {args.table} are published on topic {topic}"
         if not args.backfill:
             show(args, said, {"topic": topic})
