@@ -233,9 +233,16 @@ async def test_excluded_columns_appear_in_no_event(database: str) -> None:
         ):
             result = changefeed("capture", "public.users", *argv, env=env)
             assert result.returncode == 1 and message in result.stderr, result.stderr
-        kept = await db.fetchval(
-            "SELECT excluded_columns FROM changefeed.captures WHERE table_name = 'public.users'"
+        listed = changefeed("capture", "--list", "--json", env=env)
+        (users,) = json.loads(listed.stdout)["captures"]
+        assert (users["table"], users["topic"], users["key"], users["excluded"]) == (
+            "public.users",
+            "users",
+            ["id"],
+            ["password_hash"],
         )
-        assert kept == ["password_hash"]
+        assert changefeed("capture", "--list", env=env).stdout.strip() == (
+            "public.users -> users (key id; excluded password_hash)"
+        )
     finally:
         await db.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from . import database
 from .schema import SCHEMA
 
@@ -27,3 +29,21 @@ async def uncapture(url: str, table: str) -> bool:
         return removed
     finally:
         await conn.close()
+
+
+async def captures(conn: Any) -> list[dict[str, Any]]:
+    """The captured tables: table, topic, key columns, excluded columns, since when."""
+    rows = await conn.fetch(
+        f"SELECT table_name, topic, key_columns, excluded_columns, created_at "
+        f"FROM {SCHEMA}.captures ORDER BY table_name"
+    )
+    return [
+        {
+            "table": r["table_name"],
+            "topic": r["topic"],
+            "key": list(r["key_columns"]),
+            "excluded": list(r["excluded_columns"]),
+            "since": r["created_at"].isoformat(),
+        }
+        for r in rows
+    ]

@@ -134,7 +134,8 @@ def _parser() -> argparse.ArgumentParser:
         "an event in the same transaction, on TOPIC (default: the table's name). Declaring "
         "it again replaces it. SQL: SELECT changefeed.capture('schema.table', 'topic').",
     )
-    capture.add_argument("table", help="the table, as schema.table")
+    capture.add_argument("table", nargs="?", help="the table, as schema.table")
+    capture.add_argument("--list", action="store_true", help="list the captured tables instead")
     capture.add_argument("--topic", help="the topic (default: the table's name)")
     capture.add_argument(
         "--exclude",

@@ -124,6 +124,18 @@ def migrate(settings: Settings, args: argparse.Namespace) -> None:
 def capture(settings: Settings, args: argparse.Namespace) -> None:
     from ..core import capture as cdc
 
+    if args.list:
+        found = on_connection(settings, cdc.captures)
+        lines = [
+            f"{c['table']} -> {c['topic']} (key {', '.join(c['key'])}"
+            + (f"; excluded {', '.join(c['excluded'])}" if c["excluded"] else "")
+            + ")"
+            for c in found
+        ]
+        show(args, "\n".join(lines) or "no captured tables", {"captures": found})
+        return
+    if args.table is None:
+        raise CommandError("name the table to capture (or --list)", USAGE)
     with database(settings) as url:
         topic = run(cdc.capture(url, args.table, args.topic, args.exclude))
         said = f"changes of {args.table} are published on topic {topic}"
