@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 
 from changefeed.core import backfill
-from tests.support import changefeed, new_topic
+from tests.support import changefeed, new_topic, wait_for
 
 SEED = int(os.environ.get("CHANGEFEED_TEST_SEED", random.randrange(1 << 30)))
 
@@ -100,8 +100,8 @@ async def _writer(url: str, table: str, rng: random.Random, stop: asyncio.Event)
                 done += 1
             except _Rollback:
                 pass
-            except asyncpg.DeadlockDetectedError:
-                pass
+            except (asyncpg.DeadlockDetectedError, asyncpg.UniqueViolationError):
+                pass  # two writers moved rows onto the same key: that transaction is undone
             await asyncio.sleep(0)
     finally:
         await conn.close()
@@ -288,4 +288,41 @@ async def test_every_chunk_reads_through_the_primary_key(database: str) -> None:
         # scanning from the start each time would read about 5.5 times as many here.
         assert after["tuples"] - before["tuples"] <= 3 * 50000, (before, after)
     finally:
+        await db.close()
+
+
+async def test_a_chunk_aborted_by_a_deadlock_is_read_again(database: str) -> None:
+    """A writer that holds row 2 and then wants row 1 while a chunk holds row 1 and waits
+    for row 2: PostgreSQL aborts one of them (the chunk, which waited first). The chunk is
+    read again after the writer commits, with the writer's values."""
+    db = await asyncpg.connect(database)
+    writer = await asyncpg.connect(database)
+    try:
+        await db.execute("CREATE TABLE public.pair (id int PRIMARY KEY, v int)")
+        await db.execute("INSERT INTO public.pair VALUES (1, 0), (2, 0), (3, 0)")
+        await db.fetchval("SELECT changefeed.capture('public.pair')")
+        transaction = writer.transaction()
+        await transaction.start()
+        await writer.execute("UPDATE public.pair SET v = 1 WHERE id = 2")
+        reading = asyncio.create_task(backfill.backfill(database, "public.pair"))
+
+        async def chunk_waits() -> bool:
+            return bool(
+                await db.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name "
+                    "LIKE '%backfill%' AND wait_event_type = 'Lock'"
+                )
+            )
+
+        await wait_for(chunk_waits, timeout=10)
+        # The cycle: PostgreSQL's deadlock check (after deadlock_timeout, 1 s) ends it.
+        await writer.execute("UPDATE public.pair SET v = 1 WHERE id = 1")
+        await transaction.commit()
+        async with asyncio.timeout(30):
+            assert await reading == 3
+        await _sequence_all(db)
+        rebuilt = await _rebuilt(db, "pair")
+        assert sorted((r["id"], r["v"]) for r in rebuilt.values()) == [(1, 1), (2, 1), (3, 0)]
+    finally:
+        await writer.close()
         await db.close()

@@ -30,6 +30,8 @@ chunk in progress (its lock conflicts with the chunk's), so its event follows th
 
 from __future__ import annotations
 
+import asyncio
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +40,9 @@ import asyncpg
 
 from . import database
 from .schema import SCHEMA
+
+# Tries per chunk when PostgreSQL aborts it to break a deadlock.
+_ATTEMPTS = 10
 
 
 class BackfillError(ValueError):
@@ -84,62 +89,84 @@ async def backfill(
     conn = await database.connect(url, "backfill")
     try:
         target = await plan(conn, table)
-        types = await _key_types(conn, table, target.keys)
-        keys = ", ".join(f"t.{_ident(k)}" for k in target.keys)
-        n = len(target.keys)
-
-        def bound(first: int) -> str:
-            # Typed parameters, so that the row comparison is an index range scan.
-            return ", ".join(f"(${first + i}::text)::{t}" for i, t in enumerate(types))
-
-        as_text = ", ".join(f"t.{_ident(k)}::text" for k in target.keys)
-        condition = f" AND ({where})" if where else ""
-        key_json = ", ".join(f"{_literal(k)}, t.{_ident(k)}" for k in target.keys)
+        reader = _Chunks(target, await _key_types(conn, table, target.keys), where, chunk_rows)
         published = 0
         after: list[str] | None = None
         while True:
-            lower = f"({keys}) > ({bound(1)})" if after is not None else "true"
-            offset = n + 1 if after is not None else 1
-            # The chunk's upper key: the chunk_rows-th after the previous chunk's (none: the
-            # rest of the table). Fixed before anything is locked (see above).
-            upper_sql = (
-                f"SELECT {as_text} FROM {target.table} t WHERE {lower} "
-                f"ORDER BY {keys} OFFSET ${offset} - 1 LIMIT 1"
-            )
-            first_upper = offset
-            upper_clause = "true"
-            read_args: list[Any] = list(after or [])
-            async with conn.transaction():
+            upper, rows = None, 0
+            for attempt in range(_ATTEMPTS):
                 try:
-                    found = await conn.fetchrow(upper_sql, *(after or []), chunk_rows)
-                    upper = list(found.values()) if found is not None else None
-                    if upper is not None:
-                        upper_clause = f"({keys}) <= ({bound(first_upper)})"
-                        read_args += upper
-                    last_arg = len(read_args)
-                    read_sql = (
-                        f"WITH locked AS MATERIALIZED (SELECT t.* FROM {target.table} t "
-                        f"WHERE {lower} AND {upper_clause}{condition} "
-                        f"ORDER BY {keys} FOR SHARE OF t) "
-                        f"SELECT {SCHEMA}.publish(${last_arg + 1}, 'read', jsonb_build_object("
-                        f"'table', ${last_arg + 2}::text, 'op', 'read', "
-                        f"'key', jsonb_build_object({key_json}), "
-                        f"'new', to_jsonb(t) - ${last_arg + 3}::text[])) "
-                        f"FROM locked t"
-                    )
-                    rows = await conn.fetch(
-                        read_sql, *read_args, target.topic, target.table, target.excluded
-                    )
+                    upper, rows = await reader.read(conn, after)
+                    break
+                except asyncpg.TransactionRollbackError as exc:
+                    # A deadlock with a writer that locks rows of the chunk in another
+                    # order (PostgreSQL aborts one of the two): the chunk was rolled back
+                    # whole, so reading the same range again is exact.
+                    if attempt == _ATTEMPTS - 1:
+                        raise BackfillError(f"cannot read {target.table}: {exc}") from None
+                    await asyncio.sleep(random.uniform(0, 0.05 * 2**attempt))
                 except asyncpg.PostgresError as exc:
                     raise BackfillError(f"cannot read {target.table}: {exc}") from None
-            published += len(rows)
+            published += rows
             if on_rows is not None and rows:
-                on_rows(len(rows))
+                on_rows(rows)
             if upper is None:
                 return published
             after = upper
     finally:
         await conn.close()
+
+
+class _Chunks:
+    """The SQL of one chunk: its upper key, then its rows read FOR SHARE and published."""
+
+    def __init__(self, target: Plan, types: list[str], where: str | None, rows: int) -> None:
+        self.target, self.types, self.rows = target, types, rows
+        self.keys = ", ".join(f"t.{_ident(k)}" for k in target.keys)
+        self.as_text = ", ".join(f"t.{_ident(k)}::text" for k in target.keys)
+        self.key_json = ", ".join(f"{_literal(k)}, t.{_ident(k)}" for k in target.keys)
+        self.condition = f" AND ({where})" if where else ""
+
+    def bound(self, first: int) -> str:
+        # Key values travel as text, cast to the columns' own types.
+        return ", ".join(f"(${first + i}::text)::{t}" for i, t in enumerate(self.types))
+
+    async def read(
+        self, conn: asyncpg.Connection, after: list[str] | None
+    ) -> tuple[list[str] | None, int]:
+        """Publishes the chunk after ``after`` in one transaction; returns its upper key
+        (None: it was the last) and how many rows it published."""
+        lower = f"({self.keys}) > ({self.bound(1)})" if after is not None else "true"
+        args: list[Any] = list(after or [])
+        async with conn.transaction():
+            # The chunk's upper key, the rows-th after ``after``: fixed before anything is
+            # locked (see above).
+            found = await conn.fetchrow(
+                f"SELECT {self.as_text} FROM {self.target.table} t WHERE {lower} "
+                f"ORDER BY {self.keys} OFFSET ${len(args) + 1} - 1 LIMIT 1",
+                *args,
+                self.rows,
+            )
+            upper = list(found.values()) if found is not None else None
+            upper_clause = "true"
+            if upper is not None:
+                upper_clause = f"({self.keys}) <= ({self.bound(len(args) + 1)})"
+                args += upper
+            n = len(args)
+            published = await conn.fetch(
+                f"WITH locked AS MATERIALIZED (SELECT t.* FROM {self.target.table} t "
+                f"WHERE {lower} AND {upper_clause}{self.condition} "
+                f"ORDER BY {self.keys} FOR SHARE OF t) "
+                f"SELECT {SCHEMA}.publish(${n + 1}, 'read', jsonb_build_object("
+                f"'table', ${n + 2}::text, 'op', 'read', "
+                f"'key', jsonb_build_object({self.key_json}), "
+                f"'new', to_jsonb(t) - ${n + 3}::text[])) FROM locked t",
+                *args,
+                self.target.topic,
+                self.target.table,
+                self.target.excluded,
+            )
+        return upper, len(published)
 
 
 async def _key_types(conn: asyncpg.Connection, table: str, keys: list[str]) -> list[str]:
