@@ -1,11 +1,12 @@
 """Backfill of a large captured table: rows per second, and what it does to writers.
 
-    .venv/bin/python bench/backfill.py [--rows 1000000] [--chunk-rows 1000]
+    .venv/bin/python bench/backfill.py [--rows 1000000] [--chunk-rows 1000[,10000,...]]
 
 Starts a throwaway PostgreSQL cluster, fills a table, captures it, and runs a writer that
 updates random rows one per transaction. It measures the writer's latency alone, then
-during the backfill (core/backfill.py, as `changefeed backfill` runs it) while a sequencer
-loop numbers what arrives, as a service's would. Reported: the backfill's rows/s, the time
+during a backfill (core/backfill.py calling the procedure changefeed.backfill, as
+`changefeed backfill` does) for each chunk size in turn, while a sequencer loop numbers
+what arrives, as a service's would. Reported per chunk size: the backfill's rows/s, the time
 until every read is numbered, and the writer's p50/p99/max latency without and with it.
 """
 
@@ -65,7 +66,7 @@ def summary(latencies: list[float]) -> str:
     )
 
 
-async def run(admin_url: str, rows: int, chunk_rows: int, baseline_seconds: float) -> None:
+async def run(admin_url: str, rows: int, chunk_rows: list[int], baseline_seconds: float) -> None:
     url = await create_database(admin_url)
     await asyncio.to_thread(migrate.upgrade, url)
     conn = await asyncpg.connect(url)
@@ -92,29 +93,35 @@ async def run(admin_url: str, rows: int, chunk_rows: int, baseline_seconds: floa
     stop.set()
     print(f"writer alone:           {summary(await task)}")
 
-    stop, done = asyncio.Event(), asyncio.Event()
-    writing = asyncio.create_task(writer(url, rows, stop))
-    numbering = asyncio.create_task(sequencer(url, done))
-    started = time.perf_counter()
-    read = await backfill.backfill(url, "public.big", chunk_rows=chunk_rows)
-    elapsed = time.perf_counter() - started
-    stop.set()
-    latencies = await writing
-    done.set()
-    await numbering
-    numbered = time.perf_counter() - started
-    print(f"writer during backfill: {summary(latencies)}")
-    print(
-        f"backfill: {read:,} rows in {elapsed:.1f} s = {read / elapsed:,.0f} rows/s "
-        f"(chunks of {chunk_rows}); all numbered after {numbered:.1f} s "
-        f"= {read / numbered:,.0f} rows/s end to end"
-    )
+    for size in chunk_rows:
+        stop, done = asyncio.Event(), asyncio.Event()
+        writing = asyncio.create_task(writer(url, rows, stop))
+        numbering = asyncio.create_task(sequencer(url, done))
+        started = time.perf_counter()
+        read = await backfill.backfill(url, "public.big", chunk_rows=size)
+        elapsed = time.perf_counter() - started
+        stop.set()
+        latencies = await writing
+        done.set()
+        await numbering
+        numbered = time.perf_counter() - started
+        print(f"chunks of {size}:")
+        print(f"  writer during backfill: {summary(latencies)}")
+        print(
+            f"  backfill: {read:,} rows in {elapsed:.1f} s = {read / elapsed:,.0f} rows/s; "
+            f"all numbered after {numbered:.1f} s = {read / numbered:,.0f} rows/s end to end"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--chunk-rows", type=int, default=1000)
+    parser.add_argument(
+        "--chunk-rows",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[1000],
+        help="rows per chunk; several, comma-separated, run one after another",
+    )
     parser.add_argument("--baseline-seconds", type=float, default=10.0)
     args = parser.parse_args()
     with temporary_cluster("changefeed-bench-", tcp_port=free_port()) as cluster:

@@ -321,9 +321,10 @@ async def apply_changes(db: asyncpg.Connection, topic: str, target: str) -> int:
         key = " AND ".join(
             f"{column} = (($1::jsonb) ->> '{column}')::int" for column in change["key"]
         )
-        if row["type"] in ("update", "delete"):
+        # read and update are upserts of new at key
+        if row["type"] in ("read", "update", "delete"):
             await db.execute(f"DELETE FROM {target} WHERE {key}", json.dumps(change["key"]))
-        if row["type"] in ("insert", "update"):
+        if row["type"] in ("read", "insert", "update"):
             await db.execute(
                 f"INSERT INTO {target} "
                 f"SELECT * FROM jsonb_populate_record(NULL::{target}, $1::jsonb)",

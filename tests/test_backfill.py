@@ -8,13 +8,18 @@ import asyncio
 import json
 import os
 import random
+import subprocess
+import sys
+import uuid
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 
 from changefeed.core import backfill
-from tests.support import changefeed, new_topic, wait_for
+from changefeed.core.capture import captures
+from tests.support import REPO, Service, changefeed, metrics, new_topic, url_as, wait_for
 
 SEED = int(os.environ.get("CHANGEFEED_TEST_SEED", random.randrange(1 << 30)))
 
@@ -46,9 +51,10 @@ async def _rebuilt(db: asyncpg.Connection, topic: str) -> dict[str, Any]:
     return state
 
 
-async def _table(db: asyncpg.Connection, table: str) -> dict[str, Any]:
-    """The table's rows by key, without the column the capture excludes."""
-    rows = await db.fetch(f"SELECT to_jsonb(t) - 'secret' AS row FROM {table} t")
+async def _table(db: asyncpg.Connection, table: str, where: str = "true") -> dict[str, Any]:
+    """The table's rows by key (those satisfying ``where``), without the column the capture
+    excludes."""
+    rows = await db.fetch(f"SELECT to_jsonb(t) - 'secret' AS row FROM {table} t WHERE {where}")
     found = {}
     for r in rows:
         row = json.loads(r["row"])
@@ -112,10 +118,19 @@ class _Rollback(Exception):
     pass
 
 
+# A row filter that writers' updates cross both ways, on a published column and on the
+# excluded one (an update of only that column can then be an insert or a delete).
+ROW_FILTER = "v % 3 <> 1 AND coalesce(secret, '') < 's0.7'"
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("truncate", [False, True], ids=["writes", "writes-and-truncate"])
+@pytest.mark.parametrize(
+    "truncate, row_filter",
+    [(False, None), (True, None), (False, ROW_FILTER), (True, ROW_FILTER)],
+    ids=["writes", "writes-and-truncate", "row-filter", "row-filter-and-truncate"],
+)
 async def test_backfill_under_concurrent_writes_rebuilds_the_table(
-    database: str, truncate: bool
+    database: str, truncate: bool, row_filter: str | None
 ) -> None:
     rng = random.Random(SEED)
     table, topic = "public.orders_bf", new_topic("bf")
@@ -127,10 +142,13 @@ async def test_backfill_under_concurrent_writes_rebuilds_the_table(
         )
         # Rows from before the capture: only the backfill can publish them.
         await db.execute(
-            f"INSERT INTO {table} SELECT i, 'a', 0, 'old', 'x' FROM generate_series(0, 2999) i"
+            f"INSERT INTO {table} SELECT i, 'a', i, 'old', 's0.1' FROM generate_series(0, 2999) i"
         )
         await db.fetchval(
-            "SELECT changefeed.capture($1::regclass, $2, exclude => '{secret}')", table, topic
+            "SELECT changefeed.capture($1::regclass, $2, exclude => '{secret}', row_filter => $3)",
+            table,
+            topic,
+            row_filter,
         )
         stop = asyncio.Event()
         writers = [
@@ -149,7 +167,7 @@ async def test_backfill_under_concurrent_writes_rebuilds_the_table(
             transactions = await asyncio.gather(*writers)
         assert read > 0 and min(transactions) > 0, (read, transactions)
         await _sequence_all(db)
-        rebuilt, actual = await _rebuilt(db, topic), await _table(db, table)
+        rebuilt, actual = await _rebuilt(db, topic), await _table(db, table, row_filter or "true")
         assert rebuilt == actual, f"seed {SEED}: {len(rebuilt)} rebuilt, {len(actual)} rows"
         leaked = await db.fetchval(
             "SELECT count(*) FROM changefeed.events WHERE topic = $1 "
@@ -190,7 +208,7 @@ async def test_backfill_from_the_command_line(database: str) -> None:
         }
         for argv, message in (
             (["backfill", "public.nosuch"], "does not exist"),
-            (["backfill", "public.tenants", "--where", "nosuch > 1"], "cannot read"),
+            (["backfill", "public.tenants", "--where", "nosuch > 1"], "invalid row filter"),
             (["backfill", "changefeed.events"], "is not captured"),
         ):
             result = changefeed(*argv, env=env)
@@ -241,8 +259,8 @@ async def test_excluded_columns_appear_in_no_event(database: str) -> None:
             ["id"],
             ["password_hash"],
         )
-        assert changefeed("capture", "--list", env=env).stdout.strip() == (
-            "public.users -> users (key id; excluded password_hash)"
+        assert changefeed("capture", "--list", env=env).stdout.startswith(
+            "public.users -> users (key id; excluded password_hash)\n  backfill done: 1 rows"
         )
     finally:
         await db.close()
@@ -325,4 +343,212 @@ async def test_a_chunk_aborted_by_a_deadlock_is_read_again(database: str) -> Non
         assert sorted((r["id"], r["v"]) for r in rebuilt.values()) == [(1, 1), (2, 1), (3, 0)]
     finally:
         await writer.close()
+        await db.close()
+
+
+async def test_backfill_from_sql_commits_chunk_by_chunk(database: str) -> None:
+    """``CALL changefeed.backfill(...)``: the same procedure as the command line's, refused
+    inside a transaction block (it commits after each chunk) before it publishes anything."""
+    db = await asyncpg.connect(database)
+    try:
+        await db.execute("CREATE TABLE public.notes (id int PRIMARY KEY, body text, tenant int)")
+        await db.execute(
+            "INSERT INTO public.notes SELECT i, 'n' || i, i % 2 FROM generate_series(1, 30) i"
+        )
+        await db.fetchval("SELECT changefeed.capture('public.notes', row_filter => 'tenant = 1')")
+        with pytest.raises(asyncpg.InvalidTransactionTerminationError):
+            async with db.transaction():
+                await db.execute("CALL changefeed.backfill('public.notes')")
+        assert await db.fetchval("SELECT count(*) FROM changefeed.inbox") == 0
+        assert await db.fetchval("SELECT count(*) FROM changefeed.backfills") == 0
+        # The capture's filter and the call's: odd ids of tenant 1 up to 10.
+        published = await db.fetchval(
+            "CALL changefeed.backfill('public.notes', 'id <= 10', chunk_rows => 2)"
+        )
+        assert published == 5
+        run = await db.fetchrow("SELECT * FROM changefeed.backfills")
+        assert (run["state"], run["rows_read"], run["row_filter"]) == ("done", 5, "id <= 10")
+        assert run["rows_estimate"] is not None and run["finished_at"] is not None
+        await _sequence_all(db)
+        keys = await db.fetch(
+            "SELECT data->'key'->>'id' AS id FROM changefeed.events WHERE topic = 'notes' "
+            "ORDER BY seq"
+        )
+        assert [int(k["id"]) for k in keys] == [1, 3, 5, 7, 9]
+        for call, error in [
+            ("CALL changefeed.backfill('public.notes', chunk_rows => 0)", "at least 1"),
+            ("CALL changefeed.backfill('changefeed.inbox')", "is not captured"),
+            ("CALL changefeed.backfill('public.notes', 'body')", "must be type boolean"),
+        ]:
+            with pytest.raises(asyncpg.PostgresError, match=error):
+                await db.execute(call)
+    finally:
+        await db.close()
+
+
+async def test_operators_see_a_backfills_progress_and_its_end(database: str) -> None:
+    """``capture --list`` and the service's metrics show the latest backfill of each table:
+    running with its count, then done; failed with the error; interrupted when the
+    command was killed (and its session then ends, so no backfill runs without it)."""
+    db = await asyncpg.connect(database)
+    env = {"CHANGEFEED_DATABASE_URL": database}
+    blocker = await asyncpg.connect(database)
+    try:
+        await db.execute("CREATE TABLE public.parts (id int PRIMARY KEY, v int)")
+        await db.execute("INSERT INTO public.parts SELECT i, i FROM generate_series(1, 100) i")
+        await db.execute("ANALYZE public.parts")
+        await db.fetchval("SELECT changefeed.capture('public.parts')")
+
+        async def latest() -> dict[str, Any]:
+            run: dict[str, Any] = (await captures(db))[0]["backfill"] or {}
+            return run
+
+        async def published(rows: int) -> bool:
+            return (await latest()).get("rows") == rows
+
+        # A writer holds row 60: the backfill publishes its first chunks, then waits.
+        transaction = blocker.transaction()
+        await transaction.start()
+        await blocker.execute("UPDATE public.parts SET v = -1 WHERE id = 60")
+        command = await asyncio.create_subprocess_exec(
+            *[sys.executable, "-m", "changefeed", "backfill", "public.parts", "--chunk-rows", "20"],
+            env={**{k: v for k, v in os.environ.items() if not k.startswith("CHANGEFEED_")}, **env},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            await wait_for(lambda: published(40), timeout=30)
+            running = await latest()
+            assert running["state"] == "running" and running["estimate"] == 100
+            with Service(database) as svc:
+                async with httpx.AsyncClient(base_url=svc.base_url) as client:
+                    samples = await metrics(client)
+                    assert samples["changefeed_backfill_rows"] == 40
+                    assert samples["changefeed_backfill_rows_estimate"] == 100
+                    assert samples["changefeed_backfill_running"] == 1
+            command.kill()
+            async with asyncio.timeout(10):
+                await command.wait()
+
+            async def gone() -> bool:
+                return not await db.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE application_name = 'changefeed:backfill'"
+                )
+
+            # The server notices the lost client (client_connection_check_interval).
+            await wait_for(gone, timeout=15)
+        finally:
+            if command.returncode is None:
+                command.kill()
+            await transaction.rollback()
+        interrupted = await latest()
+        assert interrupted["state"] == "interrupted" and interrupted["rows"] == 40
+        assert "40 rows" in changefeed("capture", "--list", env=env).stdout
+        # A condition that fails on some row fails the run, which says why.
+        failed = changefeed("backfill", "public.parts", "--where", "100 / (v - 50) <> 0", env=env)
+        assert failed.returncode == 1 and "division by zero" in failed.stderr
+        failure = await latest()
+        assert failure["state"] == "failed" and "division by zero" in failure["error"]
+        assert changefeed("backfill", "public.parts", env=env).returncode == 0
+        done = await latest()
+        assert done["state"] == "done" and done["rows"] == 100
+    finally:
+        await blocker.close()
+        await db.close()
+
+
+async def test_a_role_with_the_documented_grants_may_backfill(database: str) -> None:
+    """docs/operations.md's grants, run as written, are enough for a role that is not the
+    owner; without the table's UPDATE it is refused; it cannot report on another run."""
+    operations = (REPO / "docs" / "operations.md").read_text()
+    grants = operations.split("A role other than changefeed's owner needs:")[1]
+    grants = grants.split("```sql\n")[1].split("```")[0]
+    role = f"backfiller_{uuid.uuid4().hex[:8]}"
+    db = await asyncpg.connect(database)
+    try:
+        await db.execute(
+            f"""
+            CREATE SCHEMA app;
+            CREATE TABLE app.orders (id int PRIMARY KEY, v int);
+            INSERT INTO app.orders SELECT i, i FROM generate_series(1, 10) i;
+            SELECT changefeed.capture('app.orders');
+            CREATE ROLE {role} LOGIN;
+            GRANT USAGE ON SCHEMA app TO {role};
+            """
+        )
+        await db.execute(grants.replace("backfiller", role))
+        await db.execute(f"REVOKE UPDATE ON app.orders FROM {role}")
+        with pytest.raises(backfill.BackfillError, match="permission denied for table orders"):
+            await backfill.backfill(url_as(database, role), "app.orders")
+        await db.execute(f"GRANT UPDATE ON app.orders TO {role}")
+        assert await backfill.backfill(url_as(database, role), "app.orders") == 10
+        runs = await db.fetch("SELECT id, state FROM changefeed.backfills ORDER BY id")
+        assert [r["state"] for r in runs] == ["failed", "done"]
+        other = await asyncpg.connect(url_as(database, role))
+        try:
+            await other.execute(
+                "SELECT changefeed.backfill_report($1, NULL, 5, 'running', NULL)", runs[1]["id"]
+            )
+        finally:
+            await other.close()
+        assert (
+            await db.fetchval(
+                "SELECT rows_read FROM changefeed.backfills WHERE id = $1", runs[1]["id"]
+            )
+            == 10
+        )
+    finally:
+        await db.close()
+
+
+async def test_a_capture_declared_again_during_a_backfill_fails_it(database: str) -> None:
+    """Excluding a column while a backfill runs: the backfill stops at the declaration, so
+    no read event after it carries the column, and it fails saying to run it again."""
+    db = await asyncpg.connect(database)
+    blocker = await asyncpg.connect(database)
+    declarer = await asyncpg.connect(database)
+    try:
+        await db.execute("CREATE TABLE public.people (id int PRIMARY KEY, secret text)")
+        await db.execute("INSERT INTO public.people SELECT i, 's' FROM generate_series(1, 100) i")
+        await db.fetchval("SELECT changefeed.capture('public.people')")
+        transaction = blocker.transaction()
+        await transaction.start()
+        await blocker.execute("UPDATE public.people SET secret = 't' WHERE id = 60")
+        reading = asyncio.create_task(backfill.backfill(database, "public.people", chunk_rows=20))
+
+        async def waiting(pid: int, rows: int) -> bool:
+            return bool(
+                await db.fetchval(
+                    "SELECT (SELECT wait_event_type = 'Lock' FROM pg_stat_activity "
+                    "WHERE pid = $1) AND (SELECT rows_read = $2 FROM changefeed.backfills)",
+                    pid,
+                    rows,
+                )
+            )
+
+        async def runner_waits() -> bool:
+            pid = await db.fetchval("SELECT runner_pid FROM changefeed.backfills")
+            return pid is not None and await waiting(pid, 40)
+
+        await wait_for(runner_waits, timeout=15)
+        declaring = asyncio.create_task(
+            declarer.fetchval("SELECT changefeed.capture('public.people', exclude => '{secret}')")
+        )
+        await wait_for(lambda: waiting(declarer.get_server_pid(), 40), timeout=15)
+        await transaction.rollback()
+        async with asyncio.timeout(30):
+            with pytest.raises(backfill.BackfillError, match="declared again"):
+                await reading
+            await declaring
+        run = await db.fetchrow("SELECT state, rows_read FROM changefeed.backfills")
+        assert (run["state"], run["rows_read"]) == ("failed", 60)
+        await _sequence_all(db)
+        reads = await db.fetch(
+            "SELECT data FROM changefeed.events WHERE topic = 'people' AND type = 'read'"
+        )
+        assert len(reads) == 60
+    finally:
+        await declarer.close()
+        await blocker.close()
         await db.close()

@@ -187,3 +187,119 @@ async def test_replay_rebuilds_a_table_after_a_random_concurrent_workload(
 
 class _Rollback(Exception):
     pass
+
+
+async def _events(db: asyncpg.Connection, topic: str) -> list[tuple[str, dict[str, object]]]:
+    for _ in range(1000):
+        if not (await db.fetchrow("SELECT * FROM changefeed.sequence(10000)"))["consumed"]:
+            break
+    rows = await db.fetch(
+        "SELECT type, data FROM changefeed.events WHERE topic = $1 ORDER BY seq", topic
+    )
+    return [(r["type"], json.loads(r["data"])) for r in rows]
+
+
+async def test_a_row_filter_publishes_only_the_rows_in_it(database: str) -> None:
+    """Rows outside the filter publish nothing; an update that takes a row out of it is its
+    delete, one that brings it in its insert; the filter runs with the writer's rights."""
+    db = await asyncpg.connect(database)
+    try:
+        await db.execute(
+            "CREATE TABLE public.orders (id int PRIMARY KEY, tenant int, total int, note text)"
+        )
+        result = changefeed(
+            "capture",
+            "public.orders",
+            "--topic",
+            "acme",
+            "--where",
+            "tenant = 42",
+            "--exclude",
+            "note",
+            env={"CHANGEFEED_DATABASE_URL": database},
+        )
+        assert result.returncode == 0, result.stderr
+        await db.execute("INSERT INTO public.orders VALUES (1, 42, 10, 'a'), (2, 7, 20, 'b')")
+        await db.execute("UPDATE public.orders SET total = 11 WHERE id = 1")  # update
+        await db.execute("UPDATE public.orders SET total = 21 WHERE id = 2")  # nothing
+        await db.execute("UPDATE public.orders SET note = 'x' WHERE id = 1")  # only excluded
+        await db.execute("UPDATE public.orders SET tenant = 7 WHERE id = 1")  # out: delete
+        await db.execute("UPDATE public.orders SET tenant = 42, id = 3 WHERE id = 2")  # in
+        await db.execute("DELETE FROM public.orders WHERE id = 1")  # outside: nothing
+        await db.execute("DELETE FROM public.orders WHERE id = 3")  # delete
+        events = await _events(db, "acme")
+        assert [(t, e["key"]) for t, e in events] == [
+            ("insert", {"id": 1}),
+            ("update", {"id": 1}),
+            ("delete", {"id": 1}),
+            ("insert", {"id": 3}),
+            ("delete", {"id": 3}),
+        ]
+        assert events[2][1]["old"] == {"id": 1, "tenant": 42, "total": 11}
+        assert events[3][1]["new"] == {"id": 3, "tenant": 42, "total": 21}
+        listed = changefeed("capture", "--list", env={"CHANGEFEED_DATABASE_URL": database})
+        assert listed.stdout.strip() == (
+            "public.orders -> acme (key id; excluded note; where tenant = 42)"
+        )
+    finally:
+        await db.close()
+
+
+async def test_bad_row_filters_are_refused_and_leave_the_capture_as_it_was(
+    database: str,
+) -> None:
+    db = await asyncpg.connect(database)
+    env = {"CHANGEFEED_DATABASE_URL": database}
+    try:
+        await db.execute("CREATE TABLE public.items (id int PRIMARY KEY, v int)")
+        await db.execute("INSERT INTO public.items VALUES (1, 1)")
+        assert changefeed("capture", "public.items", "--where", "v > 0", env=env).returncode == 0
+        for condition, message in [
+            ("", "the row filter is empty"),
+            ("v >", "syntax error"),
+            ("v", "must be type boolean"),
+            ("nosuch = 1", 'column "nosuch" does not exist'),
+            ("count(*) > 1", "aggregate functions are not allowed"),
+            # One expression only: EXECUTE would run all three statements.
+            ("true); DELETE FROM public.items; SELECT (true", "invalid row filter"),
+            ("public.nosuch(v)", "does not exist"),
+        ]:
+            result = changefeed("capture", "public.items", "--where", condition, env=env)
+            assert result.returncode == 1, (condition, result.stdout)
+            assert message in result.stderr, (condition, result.stderr)
+            assert "Traceback" not in result.stderr
+        assert await db.fetchval("SELECT count(*) FROM public.items") == 1
+        listed = json.loads(changefeed("capture", "--list", "--json", env=env).stdout)
+        assert listed["captures"][0]["where"] == "v > 0"
+        await db.execute("INSERT INTO public.items VALUES (2, 0), (3, 5)")
+        assert [e["key"] for _, e in await _events(db, "items")] == [{"id": 3}]
+    finally:
+        await db.close()
+
+
+async def test_a_row_filter_runs_with_the_writers_rights(database: str) -> None:
+    """A filter that reads another table reads it as the writer: a writer who may not read
+    it fails its statement, rather than the filter reading it with the owner's rights."""
+    db = await asyncpg.connect(database)
+    try:
+        await db.execute(
+            """
+            CREATE TABLE public.accounts (id int PRIMARY KEY, vip bool);
+            CREATE TABLE public.payments (id int PRIMARY KEY, account int);
+            CREATE ROLE payments_writer;
+            GRANT INSERT ON public.payments TO payments_writer;
+            """
+        )
+        await db.fetchval(
+            "SELECT changefeed.capture('public.payments', row_filter => "
+            "'account IN (SELECT a.id FROM public.accounts a WHERE a.vip)')"
+        )
+        await db.execute("INSERT INTO public.accounts VALUES (1, true), (2, false)")
+        await db.execute("INSERT INTO public.payments VALUES (10, 1), (11, 2)")
+        assert [e["key"] for _, e in await _events(db, "payments")] == [{"id": 10}]
+        async with db.transaction():
+            await db.execute("SET LOCAL ROLE payments_writer")
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="accounts"):
+                await db.execute("INSERT INTO public.payments VALUES (12, 1)")
+    finally:
+        await db.close()

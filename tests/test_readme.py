@@ -15,10 +15,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
-from tests.support import REPO, Service, needs_chromium, private_tempdir
+from tests.support import REPO, Service, apply_changes, needs_chromium, private_tempdir, wait_for
 from tests.test_js_client import NODE, needs_node
 
 README = (REPO / "README.md").read_text()
@@ -232,3 +233,45 @@ async def test_command_line_example(empty_service: Service, database: str, workd
     assert len((workdir / "orders.ndjson").read_text().splitlines()) == 1
     assert said["verify"].strip() == "1 topics intact"
     assert said["status"].startswith("changefeed ") and "ready" in said["status"]
+
+
+async def test_change_data_capture_example(
+    empty_service: Service, database: str, workdir: Path
+) -> None:
+    """Capture a table that holds rows, consume it from seq 1, and rebuild it exactly."""
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    env = _environment(empty_service, database)
+    said = []
+    for line in _shell_lines(example("cdc", empty_service)):
+        code, out, err = await _shell(line.split("#")[0].strip(), workdir, env, 60)
+        assert code == 0, (line, err)
+        said.append(out)
+    _, _, captured, _, page, again, listed = said
+    assert captured.strip() == "1000 rows published as read events on orders"
+    events = json.loads(page)["events"]
+    assert [(e["seq"], e["type"]) for e in events] == [(1, "read"), (2, "read")]
+    assert events[0]["data"] == {
+        "table": "public.orders",
+        "op": "read",
+        "key": {"id": 1},
+        "new": {"id": 1, "tenant_id": 1, "total": 10},
+    }
+    assert again.strip() == "333 rows published as read events"
+    assert "public.orders -> orders (key id)\n  backfill done: 333 rows" in listed
+    db = await asyncpg.connect(database)
+    try:
+
+        async def sequenced() -> bool:
+            return await db.fetchval("SELECT count(*) FROM changefeed.inbox") == 0
+
+        await wait_for(sequenced, timeout=30)
+        await db.execute("CREATE TABLE public.rebuilt (LIKE public.orders)")
+        assert await apply_changes(db, "orders", "public.rebuilt") == 1000 + 1 + 333
+        differ = await db.fetchval(
+            "SELECT count(*) FROM ((TABLE public.orders EXCEPT TABLE public.rebuilt) "
+            "UNION ALL (TABLE public.rebuilt EXCEPT TABLE public.orders)) d"
+        )
+        assert differ == 0
+    finally:
+        await db.close()

@@ -1,5 +1,5 @@
 -- changefeed at head, as PostgreSQL 15 prints it (see migrations/versions)
-CREATE OR REPLACE FUNCTION changefeed.capture(target regclass, topic text DEFAULT NULL::text, exclude text[] DEFAULT '{}'::text[])
+CREATE OR REPLACE FUNCTION changefeed.capture(target regclass, topic text DEFAULT NULL::text, exclude text[] DEFAULT '{}'::text[], row_filter text DEFAULT NULL::text)
  RETURNS text
  LANGUAGE plpgsql
  SET search_path TO 'pg_catalog', 'changefeed', 'pg_temp'
@@ -42,14 +42,18 @@ BEGIN
             USING ERRCODE = '22023',
                   HINT = 'Events name the changed row by its primary key.';
     END IF;
+    PERFORM check_row_filter(capture.target, capture.row_filter, 'changefeed.capture');
     PERFORM uncapture(capture.target);
     EXECUTE format(
         'CREATE TRIGGER changefeed_capture AFTER INSERT OR UPDATE OR DELETE ON %s '
         'FOR EACH ROW EXECUTE FUNCTION changefeed.capture_row(%s)',
         capture.target,
         (SELECT string_agg(quote_literal(v), ', ')
-         FROM unnest(key_columns || CASE WHEN excluded = '{}' THEN '{}'::text[]
-                                         ELSE ARRAY[''] || excluded END) AS v));
+         FROM unnest(key_columns
+                     || CASE WHEN excluded = '{}' AND capture.row_filter IS NULL
+                             THEN '{}'::text[] ELSE ARRAY[''] || excluded END
+                     || CASE WHEN capture.row_filter IS NULL THEN '{}'::text[]
+                             ELSE ARRAY['', capture.row_filter] END) AS v));
     EXECUTE format(
         'CREATE TRIGGER %I AFTER INSERT OR UPDATE OR DELETE ON %s '
         'FOR EACH ROW EXECUTE FUNCTION changefeed.capture_publish(%L)',
@@ -58,8 +62,8 @@ BEGIN
         'CREATE TRIGGER changefeed_capture_truncate AFTER TRUNCATE ON %s '
         'FOR EACH STATEMENT EXECUTE FUNCTION changefeed.capture_truncate(%L)',
         capture.target, chosen);
-    INSERT INTO captures (table_name, topic, key_columns, excluded_columns)
-    VALUES (qualified_name(capture.target), chosen, key_columns, excluded);
+    INSERT INTO captures (table_name, topic, key_columns, excluded_columns, row_filter)
+    VALUES (qualified_name(capture.target), chosen, key_columns, excluded, capture.row_filter);
     RETURN chosen;
 END
 $function$;

@@ -10,10 +10,11 @@ DECLARE
     table_name text := format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME);
     changes jsonb;
     ops text;
-    -- What the change of this row may be (a key-changing update is a delete and an insert).
+    -- What the change of this row may be: a key-changing update is a delete and an
+    -- insert; an update across the row filter is a delete or an insert.
     allowed text[] := CASE TG_OP WHEN 'INSERT' THEN ARRAY['insert']
                                  WHEN 'DELETE' THEN ARRAY['delete']
-                                 ELSE ARRAY['update', 'delete,insert'] END;
+                                 ELSE ARRAY['update', 'delete,insert', 'delete', 'insert'] END;
 BEGIN
     PERFORM set_config('changefeed.capture', '', true);
     IF pending IS NULL OR pending = '' THEN
@@ -23,8 +24,8 @@ BEGIN
                          'publishes: declare the capture again.';
     END IF;
     changes := pending::jsonb;
-    IF TG_OP = 'UPDATE' AND changes = '[]' THEN
-        RETURN NULL;  -- only excluded columns changed
+    IF changes = '[]' THEN
+        RETURN NULL;  -- outside the row filter, or only excluded columns changed
     END IF;
     ops := (changes -> 0 ->> 'op') || coalesce(',' || (changes -> 1 ->> 'op'), '');
     IF jsonb_array_length(changes) > 2

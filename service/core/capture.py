@@ -8,13 +8,24 @@ from . import database
 from .schema import SCHEMA
 
 
-async def capture(url: str, table: str, topic: str | None, exclude: list[str] | None = None) -> str:
+async def capture(
+    url: str,
+    table: str,
+    topic: str | None,
+    exclude: list[str] | None = None,
+    row_filter: str | None = None,
+) -> str:
     """Install the capture triggers on ``table``, leaving the ``exclude`` columns out of
-    every event; returns the topic its changes go to."""
+    every event and, with a ``row_filter``, the rows that do not satisfy it; returns the
+    topic its changes go to."""
     conn = await database.connect(url, "cli")
     try:
         chosen: str = await conn.fetchval(
-            f"SELECT {SCHEMA}.capture($1::regclass, $2, $3::text[])", table, topic, exclude or []
+            f"SELECT {SCHEMA}.capture($1::regclass, $2, $3::text[], $4)",
+            table,
+            topic,
+            exclude or [],
+            row_filter,
         )
         return chosen
     finally:
@@ -32,10 +43,22 @@ async def uncapture(url: str, table: str) -> bool:
 
 
 async def captures(conn: Any) -> list[dict[str, Any]]:
-    """The captured tables: table, topic, key columns, excluded columns, since when."""
+    """The captured tables: table, topic, key columns, excluded columns, row filter, since
+    when, and their latest backfill (None if never)."""
     rows = await conn.fetch(
-        f"SELECT table_name, topic, key_columns, excluded_columns, created_at "
-        f"FROM {SCHEMA}.captures ORDER BY table_name"
+        f"""
+        SELECT c.table_name, c.topic, c.key_columns, c.excluded_columns, c.row_filter,
+               c.created_at, b.id, b.rows_read, b.rows_estimate, b.row_filter AS only,
+               b.started_at, b.updated_at, b.finished_at, b.error,
+               CASE WHEN b.state = 'running' AND NOT EXISTS (
+                        SELECT 1 FROM pg_stat_activity a WHERE a.pid = b.runner_pid
+                        AND a.backend_start IS NOT DISTINCT FROM b.runner_started)
+                    THEN 'interrupted' ELSE b.state END AS state
+        FROM {SCHEMA}.captures c
+        LEFT JOIN LATERAL (SELECT * FROM {SCHEMA}.backfills b WHERE b.table_name = c.table_name
+                           ORDER BY b.id DESC LIMIT 1) b ON true
+        ORDER BY c.table_name
+        """
     )
     return [
         {
@@ -43,7 +66,23 @@ async def captures(conn: Any) -> list[dict[str, Any]]:
             "topic": r["topic"],
             "key": list(r["key_columns"]),
             "excluded": list(r["excluded_columns"]),
+            "where": r["row_filter"],
             "since": r["created_at"].isoformat(),
+            "backfill": None if r["id"] is None else _backfill(r),
         }
         for r in rows
     ]
+
+
+def _backfill(r: Any) -> dict[str, Any]:
+    elapsed = ((r["finished_at"] or r["updated_at"]) - r["started_at"]).total_seconds()
+    return {
+        "state": r["state"],
+        "rows": r["rows_read"],
+        "estimate": r["rows_estimate"],
+        "rate": round(r["rows_read"] / elapsed) if elapsed > 0 else None,
+        "where": r["only"],
+        "started": r["started_at"].isoformat(),
+        "finished": None if r["finished_at"] is None else r["finished_at"].isoformat(),
+        "error": r["error"],
+    }

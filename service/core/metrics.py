@@ -70,6 +70,23 @@ inbox_backlog = Gauge(
 retention_removed = Counter(
     "changefeed_events_removed", "Events removed by retention by this replica"
 )
+# Backfills run in whichever session calls changefeed.backfill; their progress is in the
+# database, which every replica reads every few seconds (so all report the same).
+backfill_rows = Gauge(
+    "changefeed_backfill_rows",
+    "Rows published so far by the latest backfill of each captured table",
+    ["table"],
+)
+backfill_rows_estimate = Gauge(
+    "changefeed_backfill_rows_estimate",
+    "The planner's row count of the table when its latest backfill began",
+    ["table"],
+)
+backfill_running = Gauge(
+    "changefeed_backfill_running",
+    "1 while the latest backfill of the table runs (0 once done, failed, cancelled or interrupted)",
+    ["table"],
+)
 is_sequencer = Gauge("changefeed_is_sequencer", "1 while this replica holds the sequencer role")
 delivery_latency = Histogram(
     "changefeed_delivery_latency_seconds",

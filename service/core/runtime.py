@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from .. import logs
 from ..settings import Settings
-from . import database, metrics, publish, retention
+from . import backfill, database, metrics, publish, retention
 from .admission import Admission
 from .auth import Authenticator, Principal
 from .fanout import Hub
@@ -103,6 +103,9 @@ class Runtime:
         for name, loop in hub.loops().items():
             supervisor.add(name, loop)
         supervisor.add("inbox-backlog", every(1.0, backlog.refresh), ceiling=1.0)
+        supervisor.add(
+            "backfill-metrics", every(5.0, lambda: backfill.refresh_metrics(db)), ceiling=5.0
+        )
         trim_every = settings.retention_interval_seconds
         supervisor.add(
             "retention",

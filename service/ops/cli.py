@@ -132,7 +132,9 @@ def _parser() -> argparse.ArgumentParser:
         help="publish every INSERT, UPDATE, DELETE and TRUNCATE of a table",
         description="Install triggers on TABLE (schema.table) so that every change publishes "
         "an event in the same transaction, on TOPIC (default: the table's name). Declaring "
-        "it again replaces it. SQL: SELECT changefeed.capture('schema.table', 'topic').",
+        "it again replaces it. SQL: SELECT changefeed.capture('schema.table', 'topic', "
+        "exclude => '{column}', row_filter => 'condition'), then CALL "
+        "changefeed.backfill('schema.table') outside a transaction block.",
     )
     capture.add_argument("table", nargs="?", help="the table, as schema.table")
     capture.add_argument("--list", action="store_true", help="list the captured tables instead")
@@ -142,6 +144,12 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         metavar="COLUMN",
         help="leave this column out of every event (repeat for more; not a key column)",
+    )
+    capture.add_argument(
+        "--where",
+        metavar="SQL-CONDITION",
+        help="publish only the changes of rows satisfying this condition on the table's "
+        "columns (an update taking a row out of it is a delete, into it an insert)",
     )
     capture.add_argument(
         "--backfill",
@@ -157,10 +165,15 @@ def _parser() -> argparse.ArgumentParser:
         "the primary key's order, each a short transaction. Exact under concurrent writes: "
         "a row's read is never ordered before a change of that row it does not include. "
         "Apply a read as an upsert of new at key. Killed half-way, run it again: reads are "
-        "upserts, so a second full backfill is exact too.",
+        "upserts, so a second full backfill is exact too. Progress: changefeed capture "
+        "--list. SQL: CALL changefeed.backfill('schema.table', 'condition').",
     )
     backfill.add_argument("table", help="the table, as schema.table")
-    backfill.add_argument("--where", help="an SQL condition on the table's columns")
+    backfill.add_argument(
+        "--where",
+        metavar="SQL-CONDITION",
+        help="only the rows satisfying this condition on the table's columns",
+    )
     backfill.add_argument(
         "--chunk-rows", type=int, default=1000, help="rows per transaction (default 1000)"
     )

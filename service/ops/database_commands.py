@@ -126,18 +126,16 @@ def capture(settings: Settings, args: argparse.Namespace) -> None:
 
     if args.list:
         found = on_connection(settings, cdc.captures)
-        lines = [
-            f"{c['table']} -> {c['topic']} (key {', '.join(c['key'])}"
-            + (f"; excluded {', '.join(c['excluded'])}" if c["excluded"] else "")
-            + ")"
-            for c in found
-        ]
-        show(args, "\n".join(lines) or "no captured tables", {"captures": found})
+        show(
+            args,
+            "\n".join(_described(c) for c in found) or "no captured tables",
+            {"captures": found},
+        )
         return
     if args.table is None:
         raise CommandError("name the table to capture (or --list)", USAGE)
     with database(settings) as url:
-        topic = run(cdc.capture(url, args.table, args.topic, args.exclude))
+        topic = run(cdc.capture(url, args.table, args.topic, args.exclude, args.where))
         said = f"changes of {args.table} are published on topic {topic}"
         if not args.backfill:
             show(args, said, {"topic": topic})
@@ -145,6 +143,28 @@ def capture(settings: Settings, args: argparse.Namespace) -> None:
         print(said, file=sys.stderr)
         count = _backfill(url, args.table, None, 1000)
     show(args, f"{count} rows published as read events on {topic}", {"topic": topic, "read": count})
+
+
+def _described(capture: dict[str, Any]) -> str:
+    """One line per captured table, with its latest backfill."""
+    line = f"{capture['table']} -> {capture['topic']} (key {', '.join(capture['key'])}"
+    if capture["excluded"]:
+        line += f"; excluded {', '.join(capture['excluded'])}"
+    if capture["where"] is not None:
+        line += f"; where {capture['where']}"
+    line += ")"
+    latest = capture["backfill"]
+    if latest is not None:
+        rows = f"{latest['rows']:,}"
+        if latest["state"] == "running" and latest["estimate"]:
+            rows += f" of about {latest['estimate']:,}"
+        line += f"\n  backfill {latest['state']}: {rows} rows"
+        if latest["rate"]:
+            line += f", {latest['rate']:,}/s"
+        line += f", started {latest['started']}"
+        if latest["error"]:
+            line += f": {latest['error']}"
+    return line
 
 
 def backfill(settings: Settings, args: argparse.Namespace) -> None:
@@ -158,10 +178,17 @@ def backfill(settings: Settings, args: argparse.Namespace) -> None:
 def _backfill(url: str, table: str, where: str | None, chunk_rows: int) -> int:
     from ..core import backfill as backfills
 
-    progress = Progress("rows", run(backfills.estimate(url, table)))
+    progress = Progress("rows")
+
+    def on_progress(rows: int, estimate: int | None) -> None:
+        progress.total = estimate
+        progress.add(rows - progress.count)
+
     try:
         count: int = run(
-            backfills.backfill(url, table, where=where, chunk_rows=chunk_rows, on_rows=progress.add)
+            backfills.backfill(
+                url, table, where=where, chunk_rows=chunk_rows, on_progress=on_progress
+            )
         )
     finally:
         progress.done()
