@@ -125,6 +125,43 @@ captures = sa.Table(
     sa.Column(
         "excluded_columns", sa.ARRAY(sa.Text), nullable=False, server_default=sa.text("'{}'")
     ),
+    # Only rows satisfying this SQL condition are published (0011); NULL: every row.
+    sa.Column("row_filter", sa.Text),
+)
+
+# Each backfill run and its progress, written as each chunk commits (0011).
+backfills = sa.Table(
+    "backfills",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(always=True), primary_key=True),
+    sa.Column("table_name", sa.Text, nullable=False),
+    sa.Column("topic", sa.Text, nullable=False),
+    sa.Column("row_filter", sa.Text),
+    sa.Column("state", sa.Text, nullable=False, server_default=sa.text("'running'")),
+    sa.Column("rows_read", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+    sa.Column("rows_estimate", sa.BigInteger),
+    sa.Column("last_key", sa.ARRAY(sa.Text)),
+    sa.Column("error", sa.Text),
+    # The session running it: a run whose session is gone was interrupted.
+    sa.Column("runner_pid", sa.Integer, nullable=False),
+    sa.Column("runner_started", sa.DateTime(timezone=True)),
+    sa.Column(
+        "started_at",
+        sa.DateTime(timezone=True),
+        nullable=False,
+        server_default=sa.func.clock_timestamp(),
+    ),
+    sa.Column(
+        "updated_at",
+        sa.DateTime(timezone=True),
+        nullable=False,
+        server_default=sa.func.clock_timestamp(),
+    ),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.CheckConstraint(
+        "state IN ('running', 'done', 'failed', 'cancelled')", name="backfills_state_check"
+    ),
+    sa.Index("backfills_table", "table_name", "id"),
 )
 
 consumers = sa.Table(
