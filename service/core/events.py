@@ -10,6 +10,7 @@ from typing import NamedTuple
 import asyncpg
 
 from .database import Database
+from .filters import Where
 from .schema import SCHEMA
 from .topics import Selector
 
@@ -37,6 +38,21 @@ WHERE topic = $1 AND seq > $2 AND ($3::timestamptz IS NULL OR time >= $3)
 ORDER BY seq
 LIMIT $4
 """
+
+# A page of the events that contain a filter (filters.py), scanning at most $6 seqs after
+# $2, so that a sparse filter never turns one page into a scan of the whole topic: the reader
+# continues after what was scanned, not after the last event found.
+_FILTERED_PAGE = f"""
+SELECT seq, type, data::text AS data, event_id, time, published_at, encode(hash, 'hex') AS hash
+FROM {SCHEMA}.events
+WHERE topic = $1 AND seq > $2 AND seq <= $2 + $6
+  AND ($3::timestamptz IS NULL OR time >= $3) AND data @> $5::jsonb
+ORDER BY seq
+LIMIT $4
+"""
+# How many seqs a filtered read scans for each event it may return.
+SCAN_PER_EVENT = 10
+MIN_SCAN = 10_000
 
 # The same page as SSE frames, built by PostgreSQL (see frames.py for the formats): a
 # stream's catch-up and the fan-out's reads then decode one value per page instead of a
@@ -182,6 +198,35 @@ async def page(
     seq order."""
     rows: list[asyncpg.Record] = await db.fetch(_PAGE, topic, after, since, limit)
     return rows
+
+
+class FilteredPage(NamedTuple):
+    """The events of a filtered read, and the seq it scanned up to."""
+
+    rows: list[asyncpg.Record]
+    covered: int
+
+
+async def filtered_page(
+    db: Executor,
+    topic: str,
+    after: int,
+    limit: int,
+    where: Where,
+    head: int,
+    since: datetime | None = None,
+) -> FilteredPage:
+    """Up to ``limit`` events of ``topic`` after ``after`` whose data contains ``where``,
+    and the seq the read covered: up to the last event if it returned ``limit``, else as
+    far as it scanned, and never past ``head`` (read before, so that the read's snapshot
+    holds everything up to it)."""
+    window = max(limit * SCAN_PER_EVENT, MIN_SCAN)
+    rows: list[asyncpg.Record] = await db.fetch(
+        _FILTERED_PAGE, topic, after, since, limit, where.text, window
+    )
+    if len(rows) >= limit:
+        return FilteredPage(rows, rows[-1]["seq"])
+    return FilteredPage(rows, max(after, min(head, after + window)))
 
 
 @dataclass(frozen=True, slots=True)

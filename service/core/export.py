@@ -37,6 +37,11 @@ async def lines(db: Database, topic: str, span: Range, page_size: int) -> AsyncI
     marks = await events.marks(db, topic)
     if marks.cut(span.after):
         raise Trimmed(span.after, marks.first_seq)
+    if span.where is not None:
+        first_read = await events.filtered_page(
+            db, topic, span.after, page_size, span.where, marks.head, span.since
+        )
+        return _filtered(db, topic, span, marks, page_size, first_read)
     # The first page is read before the response starts, so that a failure to read (the
     # database unreachable) is an error status rather than a response cut off at once.
     first = (
@@ -78,3 +83,34 @@ async def _pages(
         if len(kept) < len(rows):
             return
         last = rows[-1]["seq"]
+
+
+async def _filtered(
+    db: Database,
+    topic: str,
+    span: Range,
+    marks: events.Marks,
+    page_size: int,
+    read: events.FilteredPage,
+) -> AsyncIterator[bytes]:
+    """The events of a filtered range: each read continues after what the last one
+    scanned; retention overtaking the export is told by the marks, read after each page."""
+    assert span.where is not None
+    last = span.after
+    while True:
+        kept = [r for r in read.rows if span.holds(r)]
+        if kept:
+            yield b"".join(
+                _encoder.encode(ExportLine(topic=topic, **event_fields(r))) + b"\n" for r in kept
+            )
+        if len(kept) < len(read.rows):
+            return  # past the range's end
+        if (await events.marks(db, topic)).cut(last):
+            log.warning("export.overtaken_by_retention", topic=topic, after=last)
+            raise Trimmed(last, (await events.marks(db, topic)).first_seq)
+        last = read.covered
+        if last >= marks.head:
+            return
+        read = await events.filtered_page(
+            db, topic, last, page_size, span.where, marks.head, span.since
+        )

@@ -12,6 +12,7 @@ import msgspec
 
 from . import events
 from .events import AfterHead, Executor, Trimmed
+from .filters import Where
 from .topics import InvalidInput
 
 
@@ -38,6 +39,8 @@ class Range:
     before: int | None = None
     since: datetime | None = None
     until: datetime | None = None
+    # Only the events whose data contains it (filtered out events are simply absent).
+    where: Where | None = None
 
     def holds(self, row: asyncpg.Record) -> bool:
         """Whether an event read after ``after`` (and from ``since``) is before the end."""
@@ -54,6 +57,8 @@ class Range:
             params["since"] = self.since.isoformat()
         if self.until is not None:
             params["until"] = self.until.isoformat()
+        if self.where is not None:
+            params["where"] = self.where.text
         return urlencode(params)
 
 
@@ -129,6 +134,8 @@ async def read_page(db: Executor, topic: str, span: Range, limit: int) -> bytes:
     marks = await events.marks(db, topic)
     if after > marks.head:
         raise AfterHead(after, marks.head)
+    if span.where is not None:
+        return await _filtered_page(db, topic, span, limit, marks)
     rows = await events.page(db, topic, after, limit, span.since) if after < marks.head else []
     if span.since is None and (
         (rows and rows[0]["seq"] > after + 1) or (not rows and after < marks.head)
@@ -138,9 +145,37 @@ async def read_page(db: Executor, topic: str, span: Range, limit: int) -> bytes:
         raise Trimmed(after, max(marks.first_seq, rows[0]["seq"] if rows else 0))
     kept = [r for r in rows if span.holds(r)]
     last = kept[-1]["seq"] if kept else after
+    return _encoded(topic, span, limit, marks, kept, last)
+
+
+async def _filtered_page(
+    db: Executor, topic: str, span: Range, limit: int, marks: events.Marks
+) -> bytes:
+    """A page of a filtered range: the next page starts after what this one scanned, so
+    a sparse filter's pages move on even when they hold no event."""
+    assert span.where is not None
+    after = span.after
+    read = await events.filtered_page(db, topic, after, limit, span.where, marks.head, span.since)
+    # Holes are the filter's here, so retention's cuts are told by the marks: read again
+    # after the page, they cover any cut made before it.
+    later = await events.marks(db, topic)
+    if later.cut(after):
+        raise Trimmed(after, later.first_seq)
+    kept = [r for r in read.rows if span.holds(r)]
+    return _encoded(topic, span, limit, marks, kept, read.covered)
+
+
+def _encoded(
+    topic: str,
+    span: Range,
+    limit: int,
+    marks: events.Marks,
+    kept: list[asyncpg.Record],
+    last: int,
+) -> bytes:
     page = ReplayPage(
         topic=topic,
-        after=after,
+        after=span.after,
         head=max(marks.head, last),
         first_seq=marks.first_seq,
         compacted=marks.compacted,

@@ -10,7 +10,7 @@ from litestar.params import Parameter
 from litestar.response import Stream
 from litestar.status_codes import HTTP_202_ACCEPTED
 
-from ..core import events, export, replay, stream
+from ..core import events, export, filters, replay, stream
 from ..core.auth import Principal
 from ..core.runtime import Runtime
 from ..core.topics import InvalidInput, Selector, check_topic, parse_resume, parse_seq
@@ -31,6 +31,13 @@ _DISPATCH = Parameter(
     query="dispatch",
     description="`message`: no `event:` lines, so that an EventSource's `onmessage` gets every "
     'event; each frame\'s data is then `{"topic", "seq", "type", "data"}`',
+)
+
+
+_WHERE = Parameter(
+    query="where",
+    description="A JSON object: only events whose data contains it (PostgreSQL's `data @> where`),"
+    ' such as `{"tenant": "acme"}` or, for a captured table, `{"new": {"tenant_id": 42}}`',
 )
 
 
@@ -145,9 +152,11 @@ class FeedController(Controller):
         summary="Replay a page of stored events (JSON), or export a range (NDJSON)",
         description=(
             "The events with `after < seq < before` and `since <= time < until` (ISO 8601; "
-            "each bound optional): as JSON, a page of `limit` of them and the URL of the next "
-            "page; with `Accept: application/x-ndjson`, all of them, streamed one JSON object "
-            "per line, up to the head when the export started."
+            "each bound optional), and whose data contains `where` if given: as JSON, a page "
+            "of `limit` of them and the URL of the next page (with a filter, it starts after "
+            "what this page scanned, which may hold no event); with `Accept: "
+            "application/x-ndjson`, all of them, streamed one JSON object per line, up to the "
+            "head when the export started."
         ),
         responses={200: ResponseSpec(data_container=replay.ReplayPageDoc, description="A page")},
     )
@@ -168,6 +177,7 @@ class FeedController(Controller):
         until: Annotated[
             str | None, Parameter(query="until", description="Events before this time")
         ] = None,
+        where: Annotated[str | None, _WHERE] = None,
     ) -> Response[bytes] | Stream:
         check_topic(topic)
         principal.require("subscribe", topic)
@@ -176,6 +186,7 @@ class FeedController(Controller):
             before=parse_seq(before, "before") if before is not None else None,
             since=replay.parse_time(since, "since"),
             until=replay.parse_time(until, "until"),
+            where=filters.parse_where(where),
         )
         if "application/x-ndjson" in request.headers.get("accept", ""):
             lines = await export.lines(runtime.db, topic, span, runtime.settings.max_page_events)
