@@ -160,7 +160,15 @@ async def test_backfill_under_concurrent_writes_rebuilds_the_table(
                 backfill.backfill(database, table, chunk_rows=rng.choice([7, 50, 200]))
             )
             if truncate:
-                await asyncio.sleep(0.05)  # pacing: somewhere inside the backfill
+                # Once the first chunks have committed: somewhere inside the backfill.
+                async def begun() -> bool:
+                    return bool(
+                        await db.fetchval(
+                            "SELECT count(*) FROM changefeed.backfills WHERE rows_read > 0"
+                        )
+                    )
+
+                await wait_for(begun, timeout=30, interval=0.005)
                 await db.execute(f"TRUNCATE {table}")
             read = await reading
             stop.set()
@@ -460,7 +468,8 @@ async def test_operators_see_a_backfills_progress_and_its_end(database: str) -> 
 
 async def test_a_role_with_the_documented_grants_may_backfill(database: str) -> None:
     """docs/operations.md's grants, run as written, are enough for a role that is not the
-    owner; without the table's UPDATE it is refused; it cannot report on another run."""
+    owner; without the table's UPDATE it is refused; with them, it can still publish
+    nothing but the reads of a running backfill of a table it may read."""
     operations = (REPO / "docs" / "operations.md").read_text()
     grants = operations.split("A role other than changefeed's owner needs:")[1]
     grants = grants.split("```sql\n")[1].split("```")[0]
@@ -471,33 +480,88 @@ async def test_a_role_with_the_documented_grants_may_backfill(database: str) -> 
             f"""
             CREATE SCHEMA app;
             CREATE TABLE app.orders (id int PRIMARY KEY, v int);
+            CREATE TABLE app.payroll (id int PRIMARY KEY, salary int);
             INSERT INTO app.orders SELECT i, i FROM generate_series(1, 10) i;
-            SELECT changefeed.capture('app.orders');
+            SELECT changefeed.capture('app.orders'), changefeed.capture('app.payroll');
             CREATE ROLE {role} LOGIN;
             GRANT USAGE ON SCHEMA app TO {role};
             """
         )
         await db.execute(grants.replace("backfiller", role))
         await db.execute(f"REVOKE UPDATE ON app.orders FROM {role}")
-        with pytest.raises(backfill.BackfillError, match="permission denied for table orders"):
+        with pytest.raises(backfill.BackfillError, match=r"may not read and lock app\.orders"):
             await backfill.backfill(url_as(database, role), "app.orders")
         await db.execute(f"GRANT UPDATE ON app.orders TO {role}")
         assert await backfill.backfill(url_as(database, role), "app.orders") == 10
-        runs = await db.fetch("SELECT id, state FROM changefeed.backfills ORDER BY id")
-        assert [r["state"] for r in runs] == ["failed", "done"]
+        run = await db.fetchval("SELECT id FROM changefeed.backfills WHERE state = 'done'")
         other = await asyncpg.connect(url_as(database, role))
         try:
+            forged = uuid.uuid4()
+            for attempt, error in [
+                (
+                    "SELECT changefeed.publish('payroll', 'insert', '{\"salary\": 1}')",
+                    asyncpg.InsufficientPrivilegeError,
+                ),
+                (
+                    "SELECT changefeed.backfill_begin('app.payroll', NULL, 0, gen_random_uuid())",
+                    asyncpg.InsufficientPrivilegeError,
+                ),
+                (
+                    f"SELECT changefeed.backfill_publish({run}, '{forged}', ARRAY['{{}}'::jsonb])",
+                    asyncpg.InsufficientPrivilegeError,
+                ),
+            ]:
+                with pytest.raises(error):
+                    await other.execute(attempt)
             await other.execute(
-                "SELECT changefeed.backfill_report($1, NULL, 5, 'running', NULL)", runs[1]["id"]
+                "SELECT changefeed.backfill_report($1, $2, NULL, 5, 'running', NULL)",
+                run,
+                forged,
             )
         finally:
             await other.close()
+        row = await db.fetchrow("SELECT state, rows_read FROM changefeed.backfills")
+        assert (row["state"], row["rows_read"]) == ("done", 10)
+        assert await db.fetchval("SELECT count(*) FROM changefeed.inbox") == 10
+    finally:
+        await db.close()
+
+
+async def test_what_review_found_is_refused_or_exact(database: str) -> None:
+    """A filter that closes its parenthesis reads each row once; a column named like the
+    chunk's alias; a float key printed rounded; another isolation level."""
+    db = await asyncpg.connect(database)
+    try:
+        await db.execute(
+            """
+            CREATE TABLE public.t (id int PRIMARY KEY, tenant int, r jsonb);
+            INSERT INTO public.t SELECT i, i % 3, '{"x": 1}' FROM generate_series(1, 8) i;
+            CREATE TABLE public.f (id float8 PRIMARY KEY);
+            INSERT INTO public.f SELECT 1 + i * 2.220446049250313e-16
+                FROM generate_series(0, 9) i;
+            SELECT changefeed.capture('public.t', row_filter => 'tenant = 1) OR (tenant = 2'),
+                   changefeed.capture('public.f');
+            """
+        )
+        assert await backfill.backfill(database, "public.t", chunk_rows=2) == 6
         assert (
             await db.fetchval(
-                "SELECT rows_read FROM changefeed.backfills WHERE id = $1", runs[1]["id"]
+                "CALL changefeed.backfill('public.t', 'true) OR (true', chunk_rows => 2)"
             )
-            == 10
+            == 6
         )
+        await _sequence_all(db)
+        new = await db.fetch(
+            "SELECT data->'new' AS new FROM changefeed.events WHERE topic = 't' ORDER BY seq"
+        )
+        assert [json.loads(n["new"])["id"] for n in new] == [1, 2, 4, 5, 7, 8] * 2
+        assert json.loads(new[0]["new"]) == {"id": 1, "tenant": 1, "r": {"x": 1}}
+        await db.execute("SET extra_float_digits = 0")
+        async with asyncio.timeout(30):
+            assert await db.fetchval("CALL changefeed.backfill('public.f', chunk_rows => 3)") == 10
+        await db.execute("SET default_transaction_isolation = 'repeatable read'")
+        with pytest.raises(asyncpg.PostgresError, match="runs in READ COMMITTED"):
+            await db.execute("CALL changefeed.backfill('public.t')")
     finally:
         await db.close()
 

@@ -1,5 +1,5 @@
 -- changefeed at head, as PostgreSQL 15 prints it (see migrations/versions)
-CREATE OR REPLACE FUNCTION changefeed.backfill_report(run bigint, last_key text[], rows_read bigint, state text, error text)
+CREATE OR REPLACE FUNCTION changefeed.backfill_report(run bigint, token uuid, last_key text[], rows_read bigint, state text, error text)
  RETURNS void
  LANGUAGE sql
  SECURITY DEFINER
@@ -11,5 +11,6 @@ AS $function$
         state = backfill_report.state, error = backfill_report.error,
         updated_at = clock_timestamp(),
         finished_at = CASE WHEN backfill_report.state <> 'running' THEN clock_timestamp() END
-    WHERE b.id = run AND b.runner_pid = pg_backend_pid() AND b.state = 'running'
+    WHERE b.id = run AND b.state = 'running'
+      AND b.token_hash = sha256(convert_to(token::text, 'UTF8'))
 $function$;

@@ -278,36 +278,93 @@ CREATE TABLE changefeed.backfills (
     rows_estimate bigint,
     last_key text[],
     error text,
-    -- The session running it: a run whose session is gone was interrupted.
+    -- The session running it (while it runs, that session also holds the advisory lock
+    -- (1667588710, id): a run whose state says running without it was interrupted).
     runner_pid integer NOT NULL,
-    runner_started timestamptz,
+    -- sha256 of a secret only the running procedure knows: reports and events of the run
+    -- come from it alone.
+    token_hash bytea NOT NULL,
     started_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     updated_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     finished_at timestamptz
 )
 """
 
-# The procedure's bookkeeping, with the owner's rights: a role allowed to backfill needs no
-# rights on the table, and can only report on runs of its own session.
+# Evaluates a row filter on a row, the way the capture trigger does, with the caller's
+# rights and a pinned path. The filter is its own statement, so whatever it holds decides
+# only whether this row is taken (in the chunk's query it could have ended the key range).
+ROW_MATCHES = r"""
+CREATE FUNCTION changefeed.row_matches(candidate anyelement, row_filter text)
+ RETURNS boolean
+ LANGUAGE plpgsql
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+DECLARE
+    matched boolean;
+BEGIN
+    EXECUTE format('SELECT true FROM (SELECT ($1).*) AS r WHERE (%s)', row_filter)
+    INTO matched USING candidate;
+    RETURN coalesce(matched, false);
+END
+$function$
+"""
+
+# The procedure's bookkeeping and its events, with the owner's rights: a role allowed to
+# backfill a table needs no grant on changefeed's tables, and can only publish the `read`
+# events of a run of a table it may read and lock, from the procedure running that run.
 BACKFILL_BEGIN = r"""
-CREATE FUNCTION changefeed.backfill_begin(target regclass, row_filter text, estimate bigint)
+CREATE FUNCTION changefeed.backfill_begin(target regclass, row_filter text, estimate bigint, token uuid)
  RETURNS bigint
- LANGUAGE sql
+ LANGUAGE plpgsql
  SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'changefeed', 'pg_temp'
 AS $function$
-    INSERT INTO changefeed.backfills (table_name, topic, row_filter, rows_estimate,
-                                      runner_pid, runner_started)
+DECLARE
+    run bigint;
+BEGIN
+    IF NOT (has_table_privilege(session_user, target, 'SELECT')
+            AND has_table_privilege(session_user, target, 'UPDATE')) THEN
+        RAISE EXCEPTION 'changefeed.backfill: % may not read and lock %', session_user, target
+            USING ERRCODE = '42501',
+                  HINT = 'A backfill needs SELECT and UPDATE (for FOR SHARE) on the table.';
+    END IF;
+    INSERT INTO backfills (table_name, topic, row_filter, rows_estimate, runner_pid,
+                           token_hash)
     SELECT c.table_name, c.topic, backfill_begin.row_filter, backfill_begin.estimate,
-           pg_backend_pid(),
-           (SELECT a.backend_start FROM pg_stat_activity a WHERE a.pid = pg_backend_pid())
-    FROM changefeed.captures c WHERE c.table_name = changefeed.qualified_name(target)
-    RETURNING id
+           pg_backend_pid(), sha256(convert_to(token::text, 'UTF8'))
+    FROM captures c WHERE c.table_name = qualified_name(target)
+    RETURNING id INTO run;
+    RETURN run;
+END
+$function$
+"""
+
+BACKFILL_PUBLISH = r"""
+CREATE FUNCTION changefeed.backfill_publish(run bigint, token uuid, events jsonb[])
+ RETURNS bigint
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'changefeed', 'pg_temp'
+AS $function$
+DECLARE
+    chosen text;
+BEGIN
+    SELECT b.topic INTO chosen FROM backfills b
+    WHERE b.id = run AND b.state = 'running'
+      AND b.token_hash = sha256(convert_to(token::text, 'UTF8'));
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'changefeed.backfill_publish: no such running backfill'
+            USING ERRCODE = '42501';
+    END IF;
+    INSERT INTO inbox (topic, type, data)
+    SELECT chosen, 'read', e FROM unnest(events) WITH ORDINALITY AS x(e, n) ORDER BY n;
+    RETURN cardinality(events);
+END
 $function$
 """
 
 BACKFILL_REPORT = r"""
-CREATE FUNCTION changefeed.backfill_report(run bigint, last_key text[], rows_read bigint, state text, error text)
+CREATE FUNCTION changefeed.backfill_report(run bigint, token uuid, last_key text[], rows_read bigint, state text, error text)
  RETURNS void
  LANGUAGE sql
  SECURITY DEFINER
@@ -319,7 +376,8 @@ AS $function$
         state = backfill_report.state, error = backfill_report.error,
         updated_at = clock_timestamp(),
         finished_at = CASE WHEN backfill_report.state <> 'running' THEN clock_timestamp() END
-    WHERE b.id = run AND b.runner_pid = pg_backend_pid() AND b.state = 'running'
+    WHERE b.id = run AND b.state = 'running'
+      AND b.token_hash = sha256(convert_to(token::text, 'UTF8'))
 $function$
 """
 
@@ -330,9 +388,11 @@ CREATE PROCEDURE changefeed.backfill(target regclass, row_filter text DEFAULT NU
  LANGUAGE plpgsql
 AS $procedure$
 DECLARE
-    -- A procedure that commits may have no SET clause: the search path is set for each
-    -- transaction below, and names outside pg_catalog are qualified.
+    -- A procedure that commits may have no SET clause: the search path (and the digits of
+    -- floats, which travel as text) are set for each transaction below, and names outside
+    -- pg_catalog are qualified.
     trusted CONSTANT text := 'pg_catalog, pg_temp';
+    token CONSTANT uuid := pg_catalog.gen_random_uuid();
     captured record;
     run bigint;
     key_types text[];
@@ -352,6 +412,15 @@ BEGIN
     -- ("invalid transaction termination"), before a single event is published.
     COMMIT;
     PERFORM pg_catalog.set_config('search_path', trusted, true);
+    -- The ordering argument needs each statement to see what committed before it (READ
+    -- COMMITTED re-reads a row it waited for); a snapshot per transaction would publish
+    -- rows as they were before the writer the chunk waited for.
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'changefeed.backfill runs in READ COMMITTED, not %',
+            current_setting('transaction_isolation')
+            USING ERRCODE = '25000',
+                  HINT = 'SET default_transaction_isolation = ''read committed'' first.';
+    END IF;
     IF chunk_rows IS NULL OR chunk_rows < 1 THEN
         RAISE EXCEPTION 'changefeed.backfill: chunk_rows must be at least 1'
             USING ERRCODE = '22023';
@@ -382,40 +451,54 @@ BEGIN
         'SELECT ARRAY[%s] FROM %s r WHERE $1 IS NULL OR %s ORDER BY %s OFFSET $2 - 1 LIMIT 1',
         (SELECT string_agg(format('r.%I::text', k), ', ') FROM unnest(captured.key_columns) k),
         target, lower_bound, keys);
-    -- (PostgreSQL never drops a subquery's output that calls a volatile function.)
+    -- The filters are evaluated by row_matches(), each as its own statement, on the newest
+    -- version of each row (PostgreSQL evaluates the WHERE again on a row it waited for).
     read_chunk := format(
         'WITH locked AS MATERIALIZED ('
         '  SELECT r.* FROM %1$s r'
-        '  WHERE ($1 IS NULL OR %2$s) AND ($2 IS NULL OR (%3$s) <= (%4$s)) AND (%5$s) AND (%6$s)'
+        '  WHERE ($1 IS NULL OR %2$s) AND ($2 IS NULL OR (%3$s) <= (%4$s))'
+        '    AND ($5::text IS NULL OR changefeed.row_matches(r.*, $5))'
+        '    AND ($6::text IS NULL OR changefeed.row_matches(r.*, $6))'
         '  ORDER BY %3$s FOR SHARE OF r) '
-        'SELECT count(*) FROM (SELECT changefeed.publish($3, ''read'', jsonb_build_object('
-        '  ''table'', $4::text, ''op'', ''read'', ''key'', jsonb_build_object(%7$s),'
-        '  ''new'', to_jsonb(r) - $5::text[])) FROM locked r) AS published',
+        'SELECT changefeed.backfill_publish($7, $8, coalesce(array_agg(jsonb_build_object('
+        '  ''table'', $3::text, ''op'', ''read'', ''key'', jsonb_build_object(%5$s),'
+        '  ''new'', to_jsonb(r.*) - $4::text[]) ORDER BY %3$s), ''{}'')) FROM locked r',
         target, lower_bound, keys,
         (SELECT string_agg(format('($2[%s])::%s', n, t), ', ')
          FROM unnest(key_types) WITH ORDINALITY AS x(t, n)),
-        coalesce(captured.capture_filter, 'true'), coalesce(row_filter, 'true'),
         (SELECT string_agg(format('%L, r.%I', k, k), ', ') FROM unnest(captured.key_columns) k));
     run := changefeed.backfill_begin(target, row_filter,
-        (SELECT greatest(c.reltuples, 0)::bigint FROM pg_class c WHERE c.oid = target));
+        (SELECT greatest(c.reltuples, 0)::bigint FROM pg_class c WHERE c.oid = target), token);
+    -- Held until the run ends, or its session does: operators tell a run that was
+    -- interrupted by its absence (changefeed capture --list).
+    PERFORM pg_catalog.pg_advisory_lock(1667588710, (run % 2147483647)::integer);
     COMMIT;
     LOOP
         PERFORM pg_catalog.set_config('search_path', trusted, true);
+        PERFORM pg_catalog.set_config('extra_float_digits', '3', true);
         attempt := 0;
         LOOP
             BEGIN
+                IF attempt > 0 THEN
+                    PERFORM pg_catalog.pg_sleep(pg_catalog.random() * 0.05 * 2 ^ attempt);
+                END IF;
                 -- The chunk's upper key, the chunk_rows-th after ``after``: fixed before
                 -- anything is locked; then its rows, read FOR SHARE and published.
                 EXECUTE find_upper INTO upper USING after, chunk_rows;
+                IF upper IS NOT NULL AND upper = after THEN
+                    RAISE EXCEPTION 'changefeed.backfill: the key % of % does not survive '
+                                    'its text form', upper, target USING ERRCODE = '22000';
+                END IF;
                 EXECUTE read_chunk INTO chunk_published
-                    USING after, upper, captured.topic, captured.table_name,
-                          captured.excluded_columns;
+                    USING after, upper, captured.table_name, captured.excluded_columns,
+                          captured.capture_filter, row_filter, run, token;
                 -- Declaring the capture again (say, to exclude a column) drops its triggers,
                 -- which waits for this chunk's lock on the table: a declaration that is not
                 -- visible here comes after this chunk, so the chunk used the capture as it
                 -- is; one that is visible fails the run rather than publish what the
-                -- capture no longer would.
-                IF NOT EXISTS (
+                -- capture no longer would. So does a table renamed or dropped under it.
+                IF changefeed.qualified_name(target) IS DISTINCT FROM captured.table_name
+                   OR NOT EXISTS (
                     SELECT FROM changefeed.captures c
                     WHERE c.table_name = captured.table_name AND c.topic = captured.topic
                       AND c.key_columns = captured.key_columns
@@ -425,6 +508,8 @@ BEGIN
                                     'or removed while the backfill ran', target
                         USING ERRCODE = '55000', HINT = 'Run the backfill again.';
                 END IF;
+                PERFORM changefeed.backfill_report(run, token, upper, chunk_published,
+                    CASE WHEN upper IS NULL THEN 'done' ELSE 'running' END, NULL);
                 EXIT;
             EXCEPTION
                 WHEN deadlock_detected OR serialization_failure THEN
@@ -437,7 +522,6 @@ BEGIN
                         failed_message := SQLERRM;
                         EXIT;
                     END IF;
-                    PERFORM pg_catalog.pg_sleep(pg_catalog.random() * 0.05 * 2 ^ attempt);
                 WHEN query_canceled OR OTHERS THEN
                     failed_state := SQLSTATE;
                     failed_message := SQLERRM;
@@ -445,20 +529,20 @@ BEGIN
             END;
         END LOOP;
         IF failed_state IS NOT NULL THEN
-            PERFORM changefeed.backfill_report(run, NULL, 0,
+            PERFORM changefeed.backfill_report(run, token, NULL, 0,
                 CASE failed_state WHEN '57014' THEN 'cancelled' ELSE 'failed' END,
                 failed_message);
             COMMIT;
+            PERFORM pg_catalog.pg_advisory_unlock(1667588710, (run % 2147483647)::integer);
             RAISE EXCEPTION 'changefeed.backfill of %: %', target, failed_message
                 USING ERRCODE = failed_state;
         END IF;
         published := published + chunk_published;
-        PERFORM changefeed.backfill_report(run, upper, chunk_published,
-            CASE WHEN upper IS NULL THEN 'done' ELSE 'running' END, NULL);
         COMMIT;
         EXIT WHEN upper IS NULL;
         after := upper;
     END LOOP;
+    PERFORM pg_catalog.pg_advisory_unlock(1667588710, (run % 2147483647)::integer);
 END
 $procedure$
 """
@@ -473,25 +557,32 @@ def upgrade() -> None:
     op.execute(CAPTURE_PUBLISH)
     op.execute(BACKFILLS)
     op.execute("CREATE INDEX backfills_table ON changefeed.backfills (table_name, id)")
+    op.execute(ROW_MATCHES)
     op.execute(BACKFILL_BEGIN)
+    op.execute(BACKFILL_PUBLISH)
     op.execute(BACKFILL_REPORT)
     op.execute(BACKFILL)
     # New functions are executable by PUBLIC unless revoked (0006 revoked the others, and
     # its default privileges cover functions, not procedures).
-    for routine in [
-        "FUNCTION changefeed.capture(regclass, text, text[], text)",
-        "FUNCTION changefeed.check_row_filter(regclass, text, text)",
-        "FUNCTION changefeed.backfill_begin(regclass, text, bigint)",
-        "FUNCTION changefeed.backfill_report(bigint, text[], bigint, text, text)",
-        "PROCEDURE changefeed.backfill(regclass, text, integer, bigint)",
-    ]:
+    for routine in ROUTINES:
         op.execute(f"REVOKE EXECUTE ON {routine} FROM PUBLIC")
 
 
+ROUTINES = [
+    "FUNCTION changefeed.capture(regclass, text, text[], text)",
+    "FUNCTION changefeed.check_row_filter(regclass, text, text)",
+    "FUNCTION changefeed.row_matches(anyelement, text)",
+    "FUNCTION changefeed.backfill_begin(regclass, text, bigint, uuid)",
+    "FUNCTION changefeed.backfill_publish(bigint, uuid, jsonb[])",
+    "FUNCTION changefeed.backfill_report(bigint, uuid, text[], bigint, text, text)",
+    "PROCEDURE changefeed.backfill(regclass, text, integer, bigint)",
+]
+
+
 def downgrade() -> None:
-    op.execute("DROP PROCEDURE changefeed.backfill(regclass, text, integer, bigint)")
-    op.execute("DROP FUNCTION changefeed.backfill_report(bigint, text[], bigint, text, text)")
-    op.execute("DROP FUNCTION changefeed.backfill_begin(regclass, text, bigint)")
+    for routine in reversed(ROUTINES[1:]):
+        if "check_row_filter" not in routine:
+            op.execute(f"DROP {routine}")
     op.execute("DROP TABLE changefeed.backfills")
     op.execute("DROP FUNCTION changefeed.capture(regclass, text, text[], text)")
     previous = _revision("0010_exclude")

@@ -46,9 +46,12 @@ from typing import Any
 
 import asyncpg
 
+from .. import logs
 from . import database, metrics
 from .capture import captures
 from .schema import SCHEMA
+
+log = logs.get(__name__)
 
 # How often the command line looks at a run's progress.
 _PROGRESS_SECONDS = 0.25
@@ -83,8 +86,12 @@ async def backfill(
             conn.fetchval(f"CALL {SCHEMA}.backfill($1::regclass, $2, $3)", table, where, chunk_rows)
         )
         if on_progress is not None:
-            watcher = await database.connect(url, "backfill-progress")
-            await _watch(watcher, call, before, conn.get_server_pid(), on_progress)
+            try:
+                watcher = await database.connect(url, "backfill-progress")
+                await _watch(watcher, call, before, conn.get_server_pid(), on_progress)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                # Progress is for show: losing it must not stop the backfill.
+                log.warning("backfill.progress_lost", error=str(exc))
         published: int = await call
         return published
     except asyncpg.PostgresError as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import database
-from .schema import SCHEMA
+from .schema import BACKFILL_LOCK, SCHEMA
 
 
 async def capture(
@@ -51,8 +51,9 @@ async def captures(conn: Any) -> list[dict[str, Any]]:
                c.created_at, b.id, b.rows_read, b.rows_estimate, b.row_filter AS only,
                b.started_at, b.updated_at, b.finished_at, b.error,
                CASE WHEN b.state = 'running' AND NOT EXISTS (
-                        SELECT 1 FROM pg_stat_activity a WHERE a.pid = b.runner_pid
-                        AND a.backend_start IS NOT DISTINCT FROM b.runner_started)
+                        SELECT FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted
+                        AND l.classid = {BACKFILL_LOCK}::oid
+                        AND l.objid = (b.id % 2147483647)::oid AND l.objsubid = 2)
                     THEN 'interrupted' ELSE b.state END AS state
         FROM {SCHEMA}.captures c
         LEFT JOIN LATERAL (SELECT * FROM {SCHEMA}.backfills b WHERE b.table_name = c.table_name

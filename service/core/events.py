@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import NamedTuple
 
@@ -58,32 +58,44 @@ MIN_SCAN = 10_000
 # stream's catch-up and the fan-out's reads then decode one value per page instead of a
 # record per event (measured: that was most of the Python side's CPU in a replay). Each
 # format is built only if asked for ($4: typed frames, $5: `message` frames); FILTER skips
-# the other's concatenation row by row. The fan-out also takes each event's publish time,
-# for the delivery latency metric.
+# the other's concatenation row by row. With $6, each event's frames and data also come
+# apart, for the fan-out to pick those that filtered subscribers take. The fan-out also
+# takes each event's publish time, for the delivery latency metric. A filtered read
+# ({condition}: $7 the filter, $8 how many seqs to scan) holds only the events that match.
 _FRAMES = """
 SELECT min(p.seq) AS first, max(p.seq) AS last, count(*)::int AS count,
-       convert_to(string_agg(
-           'id: ' || p.seq || coalesce('.' || left(encode(p.hash, 'hex'), 8), '')
-           || E'\\nevent: ' || p.type || E'\\ndata: ' || p.data::text || E'\\n\\n',
-           '' ORDER BY p.seq) FILTER (WHERE $4), 'UTF8') AS data,
-       convert_to(string_agg(
-           'id: ' || p.seq || coalesce('.' || left(encode(p.hash, 'hex'), 8), '')
-           || E'\\ndata: {{"topic": "' || $1 || '", "seq": ' || p.seq || ', "type": '
-           || to_json(p.type)::text || ', "data": ' || p.data::text || E'}}\\n\\n',
-           '' ORDER BY p.seq) FILTER (WHERE $5), 'UTF8') AS message,
+       convert_to(string_agg(p.typed, '' ORDER BY p.seq) FILTER (WHERE $4), 'UTF8') AS data,
+       convert_to(string_agg(p.message, '' ORDER BY p.seq) FILTER (WHERE $5), 'UTF8')
+           AS message,
+       array_agg(convert_to(p.typed, 'UTF8') ORDER BY p.seq) FILTER (WHERE $4 AND $6)
+           AS typed_pieces,
+       array_agg(convert_to(p.message, 'UTF8') ORDER BY p.seq) FILTER (WHERE $5 AND $6)
+           AS message_pieces,
+       array_agg(p.data::text ORDER BY p.seq) FILTER (WHERE $6) AS datas,
+       (array_agg(p.hash8 ORDER BY p.seq DESC))[1] AS last_hash,
        {published} AS published
 FROM (
-    SELECT seq, type, data, hash, published_at FROM {schema}.events
-    WHERE topic = $1 AND seq > $2
-    ORDER BY seq
+    SELECT e.seq, e.data, e.published_at, left(encode(e.hash, 'hex'), 8) AS hash8,
+           CASE WHEN $4 THEN
+               'id: ' || e.seq || coalesce('.' || left(encode(e.hash, 'hex'), 8), '')
+               || E'\\nevent: ' || e.type || E'\\ndata: ' || e.data::text || E'\\n\\n'
+           END AS typed,
+           CASE WHEN $5 THEN
+               'id: ' || e.seq || coalesce('.' || left(encode(e.hash, 'hex'), 8), '')
+               || E'\\ndata: {{"topic": "' || $1 || '", "seq": ' || e.seq || ', "type": '
+               || to_json(e.type)::text || ', "data": ' || e.data::text || E'}}\\n\\n'
+           END AS message
+    FROM {schema}.events e
+    WHERE e.topic = $1 AND e.seq > $2{condition}
+    ORDER BY e.seq
     LIMIT $3
 ) p
 """
-_FRAMES_UNTIMED = _FRAMES.format(published="NULL::float8[]", schema=SCHEMA)
-_FRAMES_TIMED = _FRAMES.format(
-    published="array_agg(extract(epoch FROM p.published_at)::float8 ORDER BY p.seq)",
-    schema=SCHEMA,
-)
+_FILTER = " AND e.seq <= $2 + $8 AND e.data @> $7::jsonb"
+_TIMED = "array_agg(extract(epoch FROM p.published_at)::float8 ORDER BY p.seq)"
+_FRAMES_UNTIMED = _FRAMES.format(published="NULL::float8[]", schema=SCHEMA, condition="")
+_FRAMES_TIMED = _FRAMES.format(published=_TIMED, schema=SCHEMA, condition="")
+_FRAMES_FILTERED = _FRAMES.format(published="NULL::float8[]", schema=SCHEMA, condition=_FILTER)
 # The first 8 hex digits of the chain hash of the event at a seq, or a global position.
 _HASH_AT = f"SELECT left(encode(hash, 'hex'), 8) FROM {SCHEMA}.events WHERE topic = $1 AND seq = $2"
 _HASH_AT_POSITION = f"SELECT left(encode(hash, 'hex'), 8) FROM {SCHEMA}.events WHERE position = $1"
@@ -233,7 +245,9 @@ async def filtered_page(
 class Frames:
     """A page of one topic as SSE frames: the seqs it holds (0 when empty), its bytes as
     typed frames and as ``message`` frames (each empty unless asked for), and when each
-    event was published (Unix time, for the delivery latency metric)."""
+    event was published (Unix time, for the delivery latency metric). With ``pieces``:
+    each event's frames and data apart, in seq order. ``last_hash``: the first 8 hex digits
+    of the last event's chain hash."""
 
     first: int
     last: int
@@ -241,6 +255,13 @@ class Frames:
     data: bytes
     message: bytes
     published: list[float]
+    last_hash: str | None = None
+    typed_pieces: list[bytes] = field(default_factory=list)
+    message_pieces: list[bytes] = field(default_factory=list)
+    datas: list[str] = field(default_factory=list)
+
+
+_EMPTY = Frames(0, 0, 0, b"", b"", [])
 
 
 async def frames_page(
@@ -252,24 +273,54 @@ async def frames_page(
     timed: bool = False,
     typed: bool = True,
     message: bool = False,
+    pieces: bool = False,
 ) -> Frames:
     """Up to ``limit`` events of ``topic`` with seq > ``after`` as SSE frames, in seq order:
     ``typed`` frames (``event: <type>``) in ``data``, ``message`` frames (the type in the
     data) in ``message``, each only if asked for; ``timed``: with their publish times
-    (else ``published`` is empty)."""
+    (else ``published`` is empty); ``pieces``: each event's frames and data apart too."""
     query = _FRAMES_TIMED if timed else _FRAMES_UNTIMED
-    row = await db.fetchrow(query, topic, after, limit, typed, message)
+    row = await db.fetchrow(query, topic, after, limit, typed, message, pieces)
+    return _frames(row)
+
+
+async def filtered_frames_page(
+    db: Executor,
+    topic: str,
+    after: int,
+    limit: int,
+    where: Where,
+    head: int,
+    *,
+    message: bool = False,
+) -> tuple[Frames, int]:
+    """The events after ``after`` that contain ``where``, as frames (``message`` or typed),
+    and the seq the read covered (see ``filtered_page``)."""
+    window = max(limit * SCAN_PER_EVENT, MIN_SCAN)
+    row = await db.fetchrow(
+        _FRAMES_FILTERED, topic, after, limit, not message, message, False, where.text, window
+    )
+    page = _frames(row)
+    if page.count >= limit:
+        return page, page.last
+    return page, max(after, min(head, after + window))
+
+
+def _frames(row: asyncpg.Record | None) -> Frames:
     assert row is not None
     if not row["count"]:
-        return Frames(0, 0, 0, b"", b"", [])
-    published = row["published"] or []
+        return _EMPTY
     return Frames(
         row["first"],
         row["last"],
         row["count"],
         row["data"] or b"",
         row["message"] or b"",
-        published,
+        row["published"] or [],
+        row["last_hash"],
+        row["typed_pieces"] or [],
+        row["message_pieces"] or [],
+        row["datas"] or [],
     )
 
 

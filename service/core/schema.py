@@ -129,6 +129,10 @@ captures = sa.Table(
     sa.Column("row_filter", sa.Text),
 )
 
+# The first key of the advisory lock a running backfill holds (the second is its run id,
+# modulo 2^31 - 1), as migration 0011 takes it.
+BACKFILL_LOCK = 1667588710
+
 # Each backfill run and its progress, written as each chunk commits (0011).
 backfills = sa.Table(
     "backfills",
@@ -142,9 +146,11 @@ backfills = sa.Table(
     sa.Column("rows_estimate", sa.BigInteger),
     sa.Column("last_key", sa.ARRAY(sa.Text)),
     sa.Column("error", sa.Text),
-    # The session running it: a run whose session is gone was interrupted.
+    # The session running it; while it runs, that session also holds the advisory lock
+    # (BACKFILL_LOCK, id): a run whose state says running without it was interrupted.
     sa.Column("runner_pid", sa.Integer, nullable=False),
-    sa.Column("runner_started", sa.DateTime(timezone=True)),
+    # sha256 of a secret only the running procedure knows (its reports and events).
+    sa.Column("token_hash", sa.LargeBinary, nullable=False),
     sa.Column(
         "started_at",
         sa.DateTime(timezone=True),

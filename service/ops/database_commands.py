@@ -145,13 +145,19 @@ def capture(settings: Settings, args: argparse.Namespace) -> None:
     show(args, f"{count} rows published as read events on {topic}", {"topic": topic, "read": count})
 
 
+def _printable(text: str) -> str:
+    """Text from the database as one line, control characters escaped (an error message
+    or a filter could hold a terminal's escape sequences)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _described(capture: dict[str, Any]) -> str:
     """One line per captured table, with its latest backfill."""
     line = f"{capture['table']} -> {capture['topic']} (key {', '.join(capture['key'])}"
     if capture["excluded"]:
         line += f"; excluded {', '.join(capture['excluded'])}"
     if capture["where"] is not None:
-        line += f"; where {capture['where']}"
+        line += f"; where {_printable(capture['where'])}"
     line += ")"
     latest = capture["backfill"]
     if latest is not None:
@@ -163,7 +169,7 @@ def _described(capture: dict[str, Any]) -> str:
             line += f", {latest['rate']:,}/s"
         line += f", started {latest['started']}"
         if latest["error"]:
-            line += f": {latest['error']}"
+            line += f": {_printable(latest['error'])}"
     return line
 
 
@@ -187,7 +193,11 @@ def _backfill(url: str, table: str, where: str | None, chunk_rows: int) -> int:
     try:
         count: int = run(
             backfills.backfill(
-                url, table, where=where, chunk_rows=chunk_rows, on_progress=on_progress
+                url,
+                table,
+                where=where,
+                chunk_rows=chunk_rows,
+                on_progress=on_progress if progress.enabled else None,
             )
         )
     finally:
