@@ -122,6 +122,7 @@ LEFT JOIN LATERAL (
     FROM {SCHEMA}.events
     WHERE position > $1 AND position <= $1 + $5
       AND ($2::text[] IS NULL OR topic = ANY($2::text[]) OR topic LIKE ANY($3::text[]))
+      AND ($6::jsonb IS NULL OR data @> $6::jsonb)
     ORDER BY position
     LIMIT $4
 ) e ON true
@@ -352,14 +353,19 @@ class GlobalPage(NamedTuple):
 
 
 async def global_page(
-    db: Executor, selector: Selector | None, after: int, limit: int
+    db: Executor,
+    selector: Selector | None,
+    after: int,
+    limit: int,
+    where: Where | None = None,
 ) -> GlobalPage:
-    """Events with position > ``after`` (of the selected topics; all when None), in global
-    order."""
+    """Events with position > ``after`` (of the selected topics; all when None; whose data
+    contains ``where``, if given), in global order."""
     window = limit * 10
     topics = None if selector is None else selector.topics
     patterns = [] if selector is None else selector.like_patterns
-    rows = await db.fetch(_GLOBAL_PAGE, after, topics, patterns, limit, window)
+    condition = None if where is None else where.text
+    rows = await db.fetch(_GLOBAL_PAGE, after, topics, patterns, limit, window, condition)
     head: int = rows[0]["head"] if rows else after
     lost = json.loads(rows[0]["lost"]) if rows and rows[0]["lost"] else {}
     found = [r for r in rows if r["position"] is not None]

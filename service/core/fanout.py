@@ -19,9 +19,10 @@ import asyncpg
 
 from .. import logs
 from ..backoff import Backoff
-from . import events, frames, metrics
+from . import events, filters, frames, metrics
 from .admission import Limited
 from .database import UNAVAILABLE, Database
+from .filters import Where
 from .supervise import Loop
 from .topics import Selector
 
@@ -36,12 +37,15 @@ GLOBAL = "*"
 @dataclass(frozen=True, slots=True)
 class Batch:
     """What a feed read covers, ``first``..``last`` (seqs of one topic, or global positions),
-    and the ``count`` events of it that a subscriber gets, already encoded as SSE frames."""
+    and the ``count`` events of it that a subscriber gets, already encoded as SSE frames.
+    ``tail_id``: for a filtered subscriber whose frames end before ``last``, the id of
+    ``last`` (its resume point, sent with the next keep-alive)."""
 
     first: int
     last: int
     data: bytes
     count: int
+    tail_id: bytes | None = None
 
     def continues(self, last: int) -> bool:
         """Whether this batch starts right after position ``last`` (the hand-over rule)."""
@@ -65,8 +69,10 @@ class Subscription:
         "last",
         "message",
         "overflowed",
+        "resume_id",
         "selector",
         "subject",
+        "where",
     )
 
     def __init__(
@@ -77,8 +83,15 @@ class Subscription:
         subject: str = "",
         *,
         message: bool = False,
+        where: Where | None = None,
     ) -> None:
         self.feed = feed
+        # Only the events whose data contains it (filters.py).
+        self.where = where
+        # A filtered stream's position when its client has not been sent its id yet (its
+        # last frames ended before it): sent as an id-only frame with the next keep-alive,
+        # so that a reconnect does not scan again what the stream has passed.
+        self.resume_id: bytes | None = None
         # Which frames it takes: typed (`event: <type>`), or `message` frames.
         self.message = message
         # Who opened it, for the per-subject stream limit.
@@ -108,6 +121,7 @@ class Subscription:
         dropped and the overflow flagged (the stream then reads the table)."""
         if batch.continues(self.last) and self.write_parked(batch.data):
             self.last = batch.last
+            self.note_delivered(batch)
             metrics.delivered.inc(batch.count)
             metrics.direct_writes.inc()
             return
@@ -122,6 +136,12 @@ class Subscription:
                 self._batches.append(batch)
                 self._bytes += len(batch.data)
         self.poke()
+
+    def note_delivered(self, batch: Batch) -> None:
+        """After ``batch`` reached the client: whether its last id is the stream's position
+        (a batch that covered nothing changes nothing)."""
+        if batch.count or batch.tail_id is not None:
+            self.resume_id = batch.tail_id
 
     def write_parked(self, data: bytes) -> bool:
         """Write ``data`` to the connection if the stream's task is parked with nothing
@@ -172,7 +192,7 @@ class Subscription:
 class Feed:
     """One topic fanned out by this replica."""
 
-    __slots__ = ("fetched", "known", "messages", "subscribers", "topic")
+    __slots__ = ("fetched", "filtered", "index", "known", "messages", "subscribers", "topic")
 
     def __init__(self, topic: str) -> None:
         # A topic, or GLOBAL for the feed of all topics by global position.
@@ -180,6 +200,9 @@ class Feed:
         self.subscribers: set[Subscription] = set()
         # How many of them take `message` frames (so that each read builds what is needed).
         self.messages = 0
+        # How many of them have a filter, and those filters, indexed (built when needed).
+        self.filtered = 0
+        self.index: filters.Index | None = None
         # The last seq read from the table and offered; None until the first head read.
         self.fetched: int | None = None
         # The highest head any hint or check reported.
@@ -224,11 +247,13 @@ class Hub:
         subject: str = "",
         *,
         message: bool = False,
+        where: Where | None = None,
     ) -> Subscription:
         """Register a subscriber before its first head read, so that no hint is missed.
 
         ``topic`` is a topic, or GLOBAL with a ``selector`` for a multi-topic stream;
-        ``message``: it takes ``message`` frames rather than typed ones.
+        ``message``: it takes ``message`` frames rather than typed ones; ``where``: only
+        the events whose data contains it.
         Raises Limited when ``subject`` already has its maximum of streams here (an empty
         subject is not counted).
         """
@@ -245,9 +270,14 @@ class Hub:
         if feed is None:
             feed = self._feeds[topic] = Feed(topic)
             metrics.feeds.inc()
-        sub = Subscription(feed, self._buffer_bytes, selector, subject, message=message)
+        sub = Subscription(
+            feed, self._buffer_bytes, selector, subject, message=message, where=where
+        )
         feed.subscribers.add(sub)
         feed.messages += message
+        if where is not None:
+            feed.filtered += 1
+            feed.index = None
         self.subscriber_count += 1
         metrics.subscriptions.inc()
         return sub
@@ -258,6 +288,9 @@ class Hub:
         if sub in feed.subscribers:
             feed.subscribers.discard(sub)
             feed.messages -= sub.message
+            if sub.where is not None:
+                feed.filtered -= 1
+                feed.index = None
             self.subscriber_count -= 1
             metrics.subscriptions.dec()
             if sub.subject:
@@ -389,6 +422,7 @@ class Hub:
                     timed=True,
                     typed=len(feed.subscribers) > feed.messages,
                     message=feed.messages > 0,
+                    pieces=feed.filtered > 0,
                 )
                 covered = read.last if read.count else feed.fetched
                 # A batch claims only what it holds: if retention cut past this feed's
@@ -396,8 +430,12 @@ class Hub:
                 first = read.first if read.count else feed.fetched + 1
                 batch = Batch(first, covered, read.data, read.count)
                 messages = Batch(first, covered, read.message, read.count)
+                chosen = self._filtered(feed, read, first, covered) if feed.filtered else {}
                 for sub in feed.subscribers:
-                    sub.offer(messages if sub.message else batch)
+                    if sub.where is not None:
+                        sub.offer(chosen[sub.where, sub.message])
+                    else:
+                        sub.offer(messages if sub.message else batch)
                 now = time.time()
                 for published in read.published:
                     metrics.delivery_latency.observe(max(0.0, now - published))
@@ -407,6 +445,35 @@ class Hub:
             feed.fetched = covered
             feed.known = max(feed.known, covered)
 
+    def _filtered(
+        self, feed: Feed, read: events.Frames, first: int, covered: int
+    ) -> dict[tuple[Where, bool], Batch]:
+        """The batch of each distinct filter (and frame format) among the feed's filtered
+        subscribers: each event's data parsed once, and the filters it matches looked up
+        (filters.Index), never tried once per subscriber."""
+        if feed.index is None:
+            feed.index = filters.Index(s.where for s in feed.subscribers if s.where)
+        taken: dict[Where, list[int]] = {}
+        for n, data in enumerate(read.datas):
+            for where in feed.index.matching(filters.parse(data)):
+                taken.setdefault(where, []).append(n)
+        tail = frames.position_id(covered, read.last_hash).encode() if read.count else None
+        batches: dict[tuple[Where, bool], Batch] = {}
+        for sub in feed.subscribers:
+            if sub.where is None or (sub.where, sub.message) in batches:
+                continue
+            pieces = read.message_pieces if sub.message else read.typed_pieces
+            picked = taken.get(sub.where, [])
+            batches[sub.where, sub.message] = Batch(
+                first,
+                covered,
+                b"".join(pieces[n] for n in picked),
+                len(picked),
+                # The client's last id is behind the batch's end unless its last event is.
+                None if picked and picked[-1] == len(read.datas) - 1 else tail,
+            )
+        return batches
+
     def _offer_selected(
         self, feed: Feed, rows: list[asyncpg.Record], covered: int, lost: dict[str, int]
     ) -> None:
@@ -415,16 +482,23 @@ class Hub:
         assert feed.fetched is not None
         first = feed.fetched + 1
         encoded: dict[bool, list[bytes]] = {}
-        by_selection: dict[tuple[str, bool], Batch] = {}
+        by_selection: dict[tuple[str, bool, Where | None], Batch] = {}
+        # Each event's data parsed once, if a subscriber filters.
+        parsed = [filters.parse(row["data"]) for row in rows] if feed.filtered else []
         for sub in feed.subscribers:
             assert sub.selector is not None
-            key = (str(sub.selector), sub.message)
+            key = (str(sub.selector), sub.message, sub.where)
             batch = by_selection.get(key)
             if batch is None:
                 if sub.message not in encoded:
                     encoded[sub.message] = frames.encode_multi(rows, message=sub.message)
                 pairs = zip(rows, encoded[sub.message], strict=True)
-                chosen = [f for row, f in pairs if sub.selector.matches(row["topic"])]
+                chosen = [
+                    f
+                    for n, (row, f) in enumerate(pairs)
+                    if sub.selector.matches(row["topic"])
+                    and (sub.where is None or sub.where.matches(parsed[n]))
+                ]
                 # Retention cut a selected topic in this range: the batch continues nothing
                 # (first -1), so the stream reads the table, and that read reports the cut.
                 cut = any(sub.selector.matches(topic) for topic in lost)
@@ -439,7 +513,10 @@ class Hub:
             await asyncio.sleep(self._keepalive_seconds)
             for feed in list(self._feeds.values()):
                 for sub in feed.subscribers:
-                    if not sub.write_parked(frames.KEEPALIVE):
+                    resume = sub.resume_id
+                    if sub.write_parked(frames.keepalive(resume)):
+                        sub.resume_id = None
+                    else:
                         sub.keepalive_due = True
                         sub.poke()
 

@@ -199,3 +199,38 @@ def paths(pattern: dict[str, Json]) -> Iterable[tuple[tuple[str, ...], Json]]:
                 yield (key, *path), scalar
         elif not isinstance(value, list):
             yield (key,), value
+
+
+class Index:
+    """Distinct filters, for finding those an event matches without trying each: a filter
+    that requires a scalar at a path of keys (``{"tenant": "acme"}``, ``{"new":
+    {"tenant_id": 42}}``: the common case) is looked up by that scalar, so an event costs
+    one lookup per distinct path, however many such filters there are; the others are
+    tried one by one."""
+
+    __slots__ = ("by_path", "scan")
+
+    def __init__(self, wheres: Iterable[Where]) -> None:
+        self.by_path: dict[tuple[str, ...], dict[tuple[str, Json], list[Where]]] = {}
+        self.scan: list[Where] = []
+        for where in set(wheres):
+            first = next(iter(paths(where.pattern)), None)
+            if first is None:
+                self.scan.append(where)
+                continue
+            path, scalar = first
+            self.by_path.setdefault(path, {}).setdefault(scalar_key(scalar), []).append(where)
+
+    def matching(self, data: Json) -> list[Where]:
+        """The filters that ``data`` (as parsed by ``parse``) contains."""
+        found = [where for where in self.scan if where.matches(data)]
+        for path, table in self.by_path.items():
+            value = data
+            for key in path:
+                if not isinstance(value, dict) or key not in value:
+                    break
+                value = value[key]
+            else:
+                if _is_scalar(value):
+                    found += [w for w in table.get(scalar_key(value), ()) if w.matches(data)]
+        return found

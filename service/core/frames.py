@@ -29,6 +29,13 @@ import asyncpg
 KEEPALIVE = b": keepalive\n"
 
 
+def keepalive(resume_id: bytes | None = None) -> bytes:
+    """The keep-alive; for a filtered stream whose client's last id is behind the stream's
+    position, an id-only frame instead (an ``EventSource`` takes the id as its last event
+    id although the frame dispatches no event), so that a reconnect resumes there."""
+    return KEEPALIVE if resume_id is None else b"id: %s\n\n" % resume_id
+
+
 def opening(retry_milliseconds: int, last_id: str) -> bytes:
     """A stream's first frame: the reconnection delay, and the id of the position the
     stream starts after (``0``: before the first event), which an ``EventSource`` keeps as

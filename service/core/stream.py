@@ -23,6 +23,7 @@ from . import events, frames, metrics
 from .database import UNAVAILABLE, Database
 from .events import AfterHead
 from .fanout import GLOBAL, Batch, Hub, Subscription
+from .filters import Where
 from .topics import Selector
 
 log = logs.get(__name__)
@@ -42,11 +43,13 @@ class TopicSource:
     """One topic's events; the stream's position is a seq. ``message``: frames without
     ``event:`` lines, the type in the data (``dispatch=message``)."""
 
-    def __init__(self, topic: str, *, message: bool = False) -> None:
+    def __init__(self, topic: str, *, message: bool = False, where: Where | None = None) -> None:
         self.topic = topic
         self.feed_key = topic
         self.selector: Selector | None = None
         self.message = message
+        # Only the events whose data contains it; the others are simply absent.
+        self.where = where
         # The client asked for the earliest events held (after=0), not for a position.
         self.earliest = False
 
@@ -82,6 +85,8 @@ class TopicSource:
 
     async def read(self, db: Database, after: int, limit: int) -> tuple[bytes, int, int]:
         """Frames after ``after``, how many, and the position they cover up to."""
+        if self.where is not None:
+            return await self._read_filtered(db, after, limit)
         page = await events.frames_page(
             db, self.topic, after, limit, typed=not self.message, message=self.message
         )
@@ -108,6 +113,36 @@ class TopicSource:
             after = first - 1
         return data, page.count, page.last if page.count else after
 
+    async def _read_filtered(self, db: Database, after: int, limit: int) -> tuple[bytes, int, int]:
+        """The matching events of a bounded scan after ``after``, ending with the id of
+        where the scan stopped if no event is there, so that the client resumes after what
+        the stream passed. Retention's cuts are told by the marks, read after the page."""
+        assert self.where is not None
+        head = await events.head(db, self.topic)
+        page, covered = await events.filtered_frames_page(
+            db, self.topic, after, limit, self.where, head, message=self.message
+        )
+        data = page.message if self.message else page.data
+        marks = await events.marks(db, self.topic)
+        if marks.cut(after, earliest=self.earliest):
+            first = marks.first_seq
+            log.warning("stream.retention_gap", topic=self.topic, after=after, first_seq=first)
+            data = (
+                frames.reset(
+                    "retention",
+                    f"retention removed seqs {after + 1} to {first - 1} before this stream "
+                    f"delivered them; continuing from seq {first}, the first one held",
+                    str(after),
+                    first - 1,
+                    first_seq=first,
+                )
+                + data
+            )
+        if covered > (page.last if page.count else after):
+            hash8 = await events.hash_at(db, self.topic, covered)
+            data += frames.keepalive(frames.position_id(covered, hash8).encode())
+        return data, page.count, covered
+
     def __str__(self) -> str:
         return self.topic
 
@@ -115,10 +150,13 @@ class TopicSource:
 class SelectionSource:
     """Several topics in global order; the stream's position is a global position."""
 
-    def __init__(self, selector: Selector, *, message: bool = False) -> None:
+    def __init__(
+        self, selector: Selector, *, message: bool = False, where: Where | None = None
+    ) -> None:
         self.selector: Selector | None = selector
         self.feed_key = GLOBAL
         self.message = message
+        self.where = where
         self.earliest = False
         # Retention cuts already reported to this client: topic -> first seq held.
         self._reported: dict[str, int] = {}
@@ -153,7 +191,7 @@ class SelectionSource:
         return _reset(self, "mismatch", detail, requested)
 
     async def read(self, db: Database, after: int, limit: int) -> tuple[bytes, int, int]:
-        page = await events.global_page(db, self.selector, after, limit)
+        page = await events.global_page(db, self.selector, after, limit, self.where)
         data = b"".join(frames.encode_multi(page.rows, message=self.message))
         # Positions have holes wherever other topics' events sit, so a cut cannot be seen
         # in the rows: the read reports it.
@@ -234,7 +272,9 @@ async def open_stream(
     frames when the connection is lost.
     """
     # Subscribe first, then read the head: a hint arriving in between is not lost.
-    sub = hub.subscribe(source.feed_key, source.selector, subject, message=source.message)
+    sub = hub.subscribe(
+        source.feed_key, source.selector, subject, message=source.message, where=source.where
+    )
     sub.direct = direct
     if direct is not None:
         direct.on_lost(sub.close)
@@ -296,7 +336,11 @@ async def _frames(
             ready, last, gap = hand_over(batches, last)
             if ready:
                 metrics.delivered.inc(sum(batch.count for batch in ready))
-                yield b"".join(batch.data for batch in ready)
+                for batch in ready:
+                    sub.note_delivered(batch)
+                data = b"".join(batch.data for batch in ready)
+                if data:
+                    yield data
             behind = behind or gap
             fetched = sub.feed.fetched
             if behind or (fetched is not None and last < fetched):
@@ -311,10 +355,12 @@ async def _frames(
                         yield data
                     metrics.delivered.inc(count)
                     last = covered
+                    sub.resume_id = None  # the read's frames end with its id
                     continue
             if sub.keepalive_due:
                 sub.keepalive_due = False
-                yield frames.KEEPALIVE
+                resume, sub.resume_id = sub.resume_id, None
+                yield frames.keepalive(resume)
                 continue
             # While parked, the hub may write live batches itself and move the position.
             sub.last = last

@@ -90,7 +90,9 @@ class FeedController(Controller):
             "Starts after the `Last-Event-ID` header if present, else after `?after=<seq>` "
             "(or `<seq>.<hash8>`, checked: a mismatch starts with `event: reset`), else at the "
             "live tail. `after=0` replays the whole topic. A `*` in the name makes it a "
-            "pattern over topics (`orders.*`): see `GET /feeds`."
+            "pattern over topics (`orders.*`): see `GET /feeds`. With `where`, only the events "
+            "whose data contains it; ids stay the topic's seqs, and an id-only frame now and "
+            "then moves a sparse stream's resume point past the events it left out."
         ),
         responses={200: _EVENT_STREAM},
     )
@@ -105,13 +107,15 @@ class FeedController(Controller):
             str | None, Parameter(query="after", description="Start after this seq")
         ] = None,
         dispatch: Annotated[str | None, _DISPATCH] = None,
+        where: Annotated[str | None, _WHERE] = None,
     ) -> Stream:
         source: stream.Source
         message = _message(dispatch)
+        condition = filters.parse_where(where)
         if "*" in topic:
-            source = stream.SelectionSource(Selector([topic]), message=message)
+            source = stream.SelectionSource(Selector([topic]), message=message, where=condition)
         else:
-            source = stream.TopicSource(check_topic(topic), message=message)
+            source = stream.TopicSource(check_topic(topic), message=message, where=condition)
         principal.require("subscribe", topic)
         return await _open(runtime, principal, source, last_event_id, after, request.scope)
 
@@ -139,12 +143,14 @@ class FeedController(Controller):
             str | None, Parameter(query="after", description="Start after this position")
         ] = None,
         dispatch: Annotated[str | None, _DISPATCH] = None,
+        where: Annotated[str | None, _WHERE] = None,
     ) -> Stream:
         selector = Selector(topic or [])
         message = _message(dispatch)
+        condition = filters.parse_where(where)
         # Each topic and pattern must be granted (a pattern: all the topics it can match).
         principal.require("subscribe", selector.topics + selector.patterns)
-        source = stream.SelectionSource(selector, message=message)
+        source = stream.SelectionSource(selector, message=message, where=condition)
         return await _open(runtime, principal, source, last_event_id, after, request.scope)
 
     @get(

@@ -56,6 +56,7 @@ class Log:
         self.topic = self.feed_key = "t"
         self.selector = None
         self.message = False
+        self.where = None
         self.earliest = False
 
     def __str__(self) -> str:
