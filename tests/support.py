@@ -48,7 +48,7 @@ SECRET = "a-test-secret-that-is-long-enough-for-hs256"
 def token(
     sub: str,
     *,
-    subscribe: list[str] | None = None,
+    subscribe: list[object] | None = None,
     publish: list[str] | None = None,
     consume: list[str] | None = None,
     expires_in: float = 300,
@@ -56,9 +56,9 @@ def token(
     algorithm: str = "HS256",
     kid: str | None = None,
 ) -> str:
-    grants = {"subscribe": subscribe or [], "publish": publish or []}
+    grants: dict[str, list[object]] = {"subscribe": subscribe or [], "publish": publish or []}
     if consume is not None:
-        grants["consume"] = consume
+        grants["consume"] = list(consume)
     claims = {"sub": sub, "exp": int(time.time() + expires_in), "changefeed": grants}
     headers = {"kid": kid} if kid else None
     return jwt.encode(claims, key, algorithm=algorithm, headers=headers)  # type: ignore[arg-type]

@@ -157,3 +157,67 @@ def test_numbers_compare_by_value_and_types_stay_apart() -> None:
 def test_bad_filters_are_refused(text: str, problem: str) -> None:
     with pytest.raises(InvalidInput, match=problem):
         filters.parse_where(text)
+
+
+@pytest.mark.slow
+@settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_a_request_and_its_grants_combine_as_postgresql_ands_them(
+    oracle_database: str, data: st.DataObject
+) -> None:
+    """``combine`` turns ``data @> request AND (data @> g1 OR data @> g2)`` into one set of
+    patterns (merged, or dropped when they contradict): PostgreSQL evaluates the original."""
+    cases = []
+    for _ in range(20):
+        doc = data.draw(trees)
+        texts = []
+        for _ in range(3):
+            pattern = part_of(data, doc) if data.draw(st.booleans()) else data.draw(trees)
+            if pattern[0] != "obj":
+                pattern = ("obj", [("a", pattern)])
+            texts.append(render(data, pattern))
+        cases.append((render(data, doc), texts))
+
+    async def answers() -> list[bool]:
+        conn = await asyncpg.connect(oracle_database)
+        try:
+            return [
+                await conn.fetchval(
+                    "SELECT $1::jsonb @> $2::jsonb AND ($1::jsonb @> $3::jsonb "
+                    "OR $1::jsonb @> $4::jsonb)",
+                    doc,
+                    *texts,
+                )
+                for doc, texts in cases
+            ]
+        finally:
+            await conn.close()
+
+    for (doc, (request, g1, g2)), expected in zip(cases, asyncio.run(answers()), strict=True):
+        where = filters.combine(
+            filters.parse_where(request),
+            (filters.checked(filters.parse(g1)), filters.checked(filters.parse(g2))),
+        )
+        assert where is not None
+        assert where.matches(filters.parse(doc)) == expected, (doc, request, g1, g2)
+
+
+@pytest.mark.parametrize(
+    "request_, grants, doc, expected",
+    [
+        ('{"tags": ["a"]}', ['{"tags": ["b"]}'], '{"tags": ["a"]}', False),
+        ('{"tags": ["a"]}', ['{"tags": ["b"]}'], '{"tags": ["b", "a"]}', True),
+        ('{"t": "x"}', ['{"t": "y"}'], '{"t": "x"}', False),
+        ('{"t": "x"}', ['{"t": "y"}', '{"t": "x"}'], '{"t": "x"}', True),
+        ('{"n": {"a": 1}}', ['{"n": {"b": 2}}'], '{"n": {"a": 1.0, "b": 2}}', True),
+        ('{"n": {"a": 1}}', ['{"n": {"b": 2}}'], '{"n": {"a": 1}}', False),
+        ('{"n": [1]}', ['{"n": {"a": 1}}'], '{"n": [1]}', False),
+        ("{}", ['{"t": "x"}'], '{"t": "y"}', False),
+    ],
+)
+def test_combining_is_and_then_or(
+    request_: str, grants: list[str], doc: str, expected: bool
+) -> None:
+    granted = tuple(filters.checked(filters.parse(g)) for g in grants)
+    where = filters.combine(filters.parse_where(request_), granted)
+    assert where is not None and where.matches(filters.parse(doc)) is expected

@@ -25,7 +25,9 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from .. import logs
 from ..settings import Settings
-from .topics import glob_match
+from . import filters
+from .filters import Where
+from .topics import InvalidInput, glob_match
 
 log = logs.get(__name__)
 
@@ -61,6 +63,31 @@ class Principal:
     limited: bool = True
     # Names of consumers created by other subjects that this one may use.
     consume: tuple[str, ...] = ()
+    # Subscribe grants that come with a filter (``{"topic": …, "where": …}``): what they
+    # grant is only the events whose data contains it.
+    filtered: tuple[tuple[str, Where], ...] = ()
+    # The subscribe grants without a filter (None: all of them).
+    unfiltered: tuple[str, ...] | None = None
+
+    def granted_filter(self, names: list[str] | str) -> tuple[Where, ...] | None:
+        """The filters the grants put on reading ``names`` (topics or patterns): None when
+        a grant without a filter covers them, else the filters of the grants that do, any
+        of which an event may match. Forbidden when ``names`` differ in this (a stream of
+        several topics has one filter): subscribe to them apart."""
+        if not self.filtered:
+            return None
+        plain = self.subscribe if self.unfiltered is None else self.unfiltered
+        found: set[frozenset[Where] | None] = set()
+        for name in [names] if isinstance(names, str) else names:
+            wheres = frozenset(w for grant, w in self.filtered if glob_match(grant, name))
+            found.add(None if covers(plain, name) or not wheres else wheres)
+        if len(found) > 1:
+            raise Forbidden(
+                f"{self.subject}'s grants filter these topics differently: subscribe to "
+                "them one stream (or page) each"
+            )
+        result = found.pop()
+        return None if result is None else tuple(result)
 
     def require(self, action: Action, names: list[str] | str) -> None:
         """Forbidden unless every topic or pattern in ``names`` is granted for ``action``."""
@@ -140,12 +167,15 @@ class Authenticator:
         grants = claims.get("changefeed")
         if not isinstance(grants, dict):
             grants = {}
+        plain, filtered = _subscribe_grants(grants.get("subscribe"))
         return Principal(
             subject=subject,
-            subscribe=_patterns(grants.get("subscribe")),
+            subscribe=plain + tuple(grant for grant, _ in filtered),
+            unfiltered=plain if filtered else None,
             publish=_patterns(grants.get("publish")),
             expires_at=float(claims["exp"]),
             consume=_patterns(grants.get("consume")),
+            filtered=filtered,
         )
 
     def authenticate(
@@ -176,6 +206,28 @@ def _patterns(value: object) -> tuple[str, ...]:
     if not isinstance(value, list):
         return ()
     return tuple(v for v in value if isinstance(v, str) and v)
+
+
+def _subscribe_grants(value: object) -> tuple[tuple[str, ...], tuple[tuple[str, Where], ...]]:
+    """The subscribe claim: plain patterns, and ``{"topic": pattern, "where": {…}}`` entries
+    that grant the pattern's events whose data contains ``where``. A malformed entry grants
+    nothing."""
+    if not isinstance(value, list):
+        return (), ()
+    patterns: list[str] = []
+    filtered: list[tuple[str, Where]] = []
+    for entry in value:
+        if isinstance(entry, str) and entry:
+            patterns.append(entry)
+        elif isinstance(entry, dict) and set(entry) == {"topic", "where"}:
+            topic = entry["topic"]
+            try:
+                where = filters.checked(filters.exact(entry["where"]), "the grant's where")
+            except InvalidInput:
+                continue
+            if isinstance(topic, str) and topic:
+                filtered.append((topic, where))
+    return tuple(patterns), tuple(filtered)
 
 
 def _public_key(path: Path) -> tuple[Any, list[str]]:

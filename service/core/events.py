@@ -46,7 +46,7 @@ _FILTERED_PAGE = f"""
 SELECT seq, type, data::text AS data, event_id, time, published_at, encode(hash, 'hex') AS hash
 FROM {SCHEMA}.events
 WHERE topic = $1 AND seq > $2 AND seq <= $2 + $6
-  AND ($3::timestamptz IS NULL OR time >= $3) AND data @> $5::jsonb
+  AND ($3::timestamptz IS NULL OR time >= $3) AND data @> ANY($5::jsonb[])
 ORDER BY seq
 LIMIT $4
 """
@@ -91,7 +91,7 @@ FROM (
     LIMIT $3
 ) p
 """
-_FILTER = " AND e.seq <= $2 + $8 AND e.data @> $7::jsonb"
+_FILTER = " AND e.seq <= $2 + $8 AND e.data @> ANY($7::jsonb[])"
 _TIMED = "array_agg(extract(epoch FROM p.published_at)::float8 ORDER BY p.seq)"
 _FRAMES_UNTIMED = _FRAMES.format(published="NULL::float8[]", schema=SCHEMA, condition="")
 _FRAMES_TIMED = _FRAMES.format(published=_TIMED, schema=SCHEMA, condition="")
@@ -122,7 +122,7 @@ LEFT JOIN LATERAL (
     FROM {SCHEMA}.events
     WHERE position > $1 AND position <= $1 + $5
       AND ($2::text[] IS NULL OR topic = ANY($2::text[]) OR topic LIKE ANY($3::text[]))
-      AND ($6::jsonb IS NULL OR data @> $6::jsonb)
+      AND ($6::jsonb[] IS NULL OR data @> ANY($6::jsonb[]))
     ORDER BY position
     LIMIT $4
 ) e ON true
@@ -235,7 +235,7 @@ async def filtered_page(
     holds everything up to it)."""
     window = max(limit * SCAN_PER_EVENT, MIN_SCAN)
     rows: list[asyncpg.Record] = await db.fetch(
-        _FILTERED_PAGE, topic, after, since, limit, where.text, window
+        _FILTERED_PAGE, topic, after, since, limit, where.sql, window
     )
     if len(rows) >= limit:
         return FilteredPage(rows, rows[-1]["seq"])
@@ -299,7 +299,7 @@ async def filtered_frames_page(
     and the seq the read covered (see ``filtered_page``)."""
     window = max(limit * SCAN_PER_EVENT, MIN_SCAN)
     row = await db.fetchrow(
-        _FRAMES_FILTERED, topic, after, limit, not message, message, False, where.text, window
+        _FRAMES_FILTERED, topic, after, limit, not message, message, False, where.sql, window
     )
     page = _frames(row)
     if page.count >= limit:
@@ -364,7 +364,7 @@ async def global_page(
     window = limit * 10
     topics = None if selector is None else selector.topics
     patterns = [] if selector is None else selector.like_patterns
-    condition = None if where is None else where.text
+    condition = None if where is None else where.sql
     rows = await db.fetch(_GLOBAL_PAGE, after, topics, patterns, limit, window, condition)
     head: int = rows[0]["head"] if rows else after
     lost = json.loads(rows[0]["lost"]) if rows and rows[0]["lost"] else {}

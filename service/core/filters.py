@@ -49,29 +49,85 @@ def parse(text: str) -> Json:
 
 
 class Where:
-    """A filter: the JSON object an event's data must contain."""
+    """A filter: the JSON objects of which an event's data must contain one. A request's
+    ``where`` is one; a token's grants with ``where`` add alternatives (``combine``)."""
 
-    __slots__ = ("key", "pattern", "text")
+    __slots__ = ("key", "patterns", "request", "sql")
 
-    def __init__(self, pattern: dict[str, Json]) -> None:
-        self.pattern = pattern
+    def __init__(self, patterns: Iterable[dict[str, Json]], request: str | None = None) -> None:
+        texts = sorted({_canonical(p): p for p in patterns}.items())
+        self.patterns = tuple(p for _, p in texts)
         # One text per meaning: subscribers with equal filters share their evaluation, and
-        # PostgreSQL gets exactly what was checked here.
-        self.text = _canonical(pattern)
-        self.key = self.text
+        # PostgreSQL gets exactly what was checked here (``data @> ANY(sql)``).
+        self.sql = [text for text, _ in texts]
+        self.key = "[" + ", ".join(self.sql) + "]"
+        # The request's own filter, for the links a page gives (None: it had none).
+        self.request = request
+
+    @property
+    def text(self) -> str:
+        """The single pattern of a request's filter (its only pattern), as JSON."""
+        return self.sql[0]
 
     def matches(self, data: Json) -> bool:
-        """Whether ``data`` (as parsed by ``parse``) contains the filter."""
-        return contains(data, self.pattern)
+        """Whether ``data`` (as parsed by ``parse``) contains one of the patterns."""
+        return any(contains(data, pattern) for pattern in self.patterns)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Where) and other.text == self.text
+        return isinstance(other, Where) and other.key == self.key
 
     def __hash__(self) -> int:
-        return hash(self.text)
+        return hash(self.key)
 
     def __repr__(self) -> str:
-        return f"Where({self.text})"
+        return f"Where({self.key})"
+
+
+def combine(request: Where | None, granted: tuple[Where, ...] | None) -> Where | None:
+    """What a caller reads: its request's filter AND any of its grants' (None: no grant
+    restricts it). ``data @> a AND data @> b`` is ``data @> merge(a, b)``, or nothing when
+    the two cannot both hold; so the result is again a set of alternatives."""
+    if granted is None:
+        return request
+    alternatives = [p for g in granted for p in g.patterns]
+    if request is not None:
+        merged = (_merge(r, g) for r in request.patterns for g in alternatives)
+        alternatives = [m for m in merged if isinstance(m, dict)]
+    return Where(alternatives, request.text if request is not None else None)
+
+
+_CONFLICT = object()
+
+
+def _merge(a: Json, b: Json) -> Json:
+    """A pattern contained exactly where both are (see ``combine``), or _CONFLICT."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        merged = dict(a)
+        for key, value in b.items():
+            if key in merged:
+                value = _merge(merged[key], value)
+                if value is _CONFLICT:
+                    return _CONFLICT
+            merged[key] = value
+        return merged
+    if isinstance(a, list) and isinstance(b, list):
+        return a + b  # each element of both, in some element of the data
+    if _is_scalar(a) and _is_scalar(b) and scalar_key(a) == scalar_key(b):
+        return a
+    return _CONFLICT
+
+
+def exact(value: Json) -> Json:
+    """A value decoded by another JSON parser (a token's claims), with its numbers as
+    ``parse`` gives them: floats lose digits, so a claim's are written again exactly as far
+    as the float holds them (a token should write filter numbers as integers or strings)."""
+    if isinstance(value, dict):
+        return {k: exact(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [exact(v) for v in value]
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+    return value
 
 
 def parse_where(text: str | None, name: str = "where") -> Where | None:
@@ -112,7 +168,7 @@ def checked(pattern: Json, name: str = "where") -> Where:
             )
         elif isinstance(value, Decimal) and not _in_range(value):
             raise InvalidInput(f"{name} holds a number no event can hold: {value:.10}")
-    return Where(pattern)
+    return Where([pattern], _canonical(pattern))
 
 
 def _no_constant(name: str) -> None:
@@ -214,16 +270,18 @@ class Index:
         self.by_path: dict[tuple[str, ...], dict[tuple[str, Json], list[Where]]] = {}
         self.scan: list[Where] = []
         for where in set(wheres):
-            first = next(iter(paths(where.pattern)), None)
-            if first is None:
-                self.scan.append(where)
-                continue
-            path, scalar = first
-            self.by_path.setdefault(path, {}).setdefault(scalar_key(scalar), []).append(where)
+            for pattern in where.patterns:
+                first = next(iter(paths(pattern)), None)
+                if first is None:
+                    self.scan.append(where)
+                    break
+                path, scalar = first
+                table = self.by_path.setdefault(path, {})
+                table.setdefault(scalar_key(scalar), []).append(where)
 
-    def matching(self, data: Json) -> list[Where]:
-        """The filters that ``data`` (as parsed by ``parse``) contains."""
-        found = [where for where in self.scan if where.matches(data)]
+    def matching(self, data: Json) -> set[Where]:
+        """The filters that ``data`` (as parsed by ``parse``) matches."""
+        found = {where for where in self.scan if where.matches(data)}
         for path, table in self.by_path.items():
             value = data
             for key in path:
@@ -232,5 +290,5 @@ class Index:
                 value = value[key]
             else:
                 if _is_scalar(value):
-                    found += [w for w in table.get(scalar_key(value), ()) if w.matches(data)]
+                    found.update(w for w in table.get(scalar_key(value), ()) if w.matches(data))
         return found

@@ -57,8 +57,8 @@ class Range:
             params["since"] = self.since.isoformat()
         if self.until is not None:
             params["until"] = self.until.isoformat()
-        if self.where is not None:
-            params["where"] = self.where.text
+        if self.where is not None and self.where.request is not None:
+            params["where"] = self.where.request
         return urlencode(params)
 
 

@@ -13,7 +13,7 @@ from litestar.params import Parameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from ..core import leases
-from ..core.auth import Principal, covers
+from ..core.auth import Forbidden, Principal, covers
 from ..core.runtime import Runtime
 from ..core.topics import InvalidInput, Selector, check_topic, parse_seq
 from .access import CHANGES
@@ -55,6 +55,17 @@ async def _require(runtime: Runtime, principal: Principal, name: str) -> None:
     if found is None or not principal.may_use_consumer(name, found.owner):
         raise leases.UnknownConsumer(name)
     principal.require("subscribe", found.selection)
+    _unfiltered(principal, found.selection)
+
+
+def _unfiltered(principal: Principal, selection: list[str]) -> None:
+    """Consumers do not filter yet: a caller whose grants filter what it may read would
+    read everything through one, so it may not use one."""
+    if principal.granted_filter(selection) is not None:
+        raise Forbidden(
+            f"{principal.subject}'s grants filter these topics, and consumers do not take "
+            "filtered grants yet: read them with a filtered stream or pages"
+        )
 
 
 class ConsumerController(Controller):
@@ -85,7 +96,9 @@ class ConsumerController(Controller):
             if not principal.may_use_consumer(name, existing.owner):
                 raise leases.NameTaken(name)
             principal.require("subscribe", existing.selection)
+            _unfiltered(principal, existing.selection)
         principal.require("subscribe", selector.topics + selector.patterns)
+        _unfiltered(principal, selector.topics + selector.patterns)
         created = await leases.define(
             runtime.db,
             name,

@@ -111,12 +111,12 @@ class FeedController(Controller):
     ) -> Stream:
         source: stream.Source
         message = _message(dispatch)
-        condition = filters.parse_where(where)
+        principal.require("subscribe", topic)
+        condition = filters.combine(filters.parse_where(where), principal.granted_filter(topic))
         if "*" in topic:
             source = stream.SelectionSource(Selector([topic]), message=message, where=condition)
         else:
             source = stream.TopicSource(check_topic(topic), message=message, where=condition)
-        principal.require("subscribe", topic)
         return await _open(runtime, principal, source, last_event_id, after, request.scope)
 
     @get(
@@ -147,9 +147,10 @@ class FeedController(Controller):
     ) -> Stream:
         selector = Selector(topic or [])
         message = _message(dispatch)
-        condition = filters.parse_where(where)
         # Each topic and pattern must be granted (a pattern: all the topics it can match).
-        principal.require("subscribe", selector.topics + selector.patterns)
+        named = selector.topics + selector.patterns
+        principal.require("subscribe", named)
+        condition = filters.combine(filters.parse_where(where), principal.granted_filter(named))
         source = stream.SelectionSource(selector, message=message, where=condition)
         return await _open(runtime, principal, source, last_event_id, after, request.scope)
 
@@ -192,7 +193,7 @@ class FeedController(Controller):
             before=parse_seq(before, "before") if before is not None else None,
             since=replay.parse_time(since, "since"),
             until=replay.parse_time(until, "until"),
-            where=filters.parse_where(where),
+            where=filters.combine(filters.parse_where(where), principal.granted_filter(topic)),
         )
         if "application/x-ndjson" in request.headers.get("accept", ""):
             lines = await export.lines(runtime.db, topic, span, runtime.settings.max_page_events)
