@@ -67,3 +67,32 @@ async def test_publish_watch_restart_and_resume(browser: object, database: str) 
     finally:
         await db.close()
         service.stop()
+
+
+@pytest.mark.slow
+async def test_the_page_can_filter(browser: object, database: str) -> None:
+    service = Service(database).start()
+    topic = new_topic("demo")
+    try:
+        page = await browser.new_page()  # type: ignore[attr-defined]
+        await page.goto(service.base_url + "/")
+        await page.fill("#topic", topic)
+        await page.fill("#where", '{"n": 2}')
+        await page.click("#watch")
+        await page.wait_for_function(
+            "t => document.getElementById('status').textContent === 'Live on ' + t", arg=topic
+        )
+        for n in (1, 2, 3, 2):
+            await page.evaluate("() => { document.getElementById('published').textContent = '' }")
+            await page.fill("#data", json.dumps({"n": n}))
+            await page.click("#publish")
+            await page.wait_for_function(
+                "() => document.getElementById('published').textContent === 'accepted'"
+            )
+        await page.wait_for_function("() => document.querySelectorAll('#events tr').length >= 2")
+        rows = await page.eval_on_selector_all(
+            "#events tr", "rows => rows.map(r => r.cells[0].textContent)"
+        )
+        assert rows == ["2", "4"]
+    finally:
+        service.stop()

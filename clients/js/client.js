@@ -82,11 +82,13 @@ class Feed {
 
   constructor(
     url,
-    { after, token, fetch: fetcher, signal, onReset, parse, idleTimeout, maxEventSize } = {},
+    { after, token, fetch: fetcher, signal, onReset, parse, idleTimeout, maxEventSize, where } = {},
   ) {
     const base = globalThis.location ? globalThis.location.href : undefined;
     this.#url = new URL(url, base);
     this.#url.searchParams.set("dispatch", "message");
+    // Only events whose data contains it (the service's `where`, PostgreSQL's `@>`).
+    if (where !== undefined && where !== null) this.#url.searchParams.set("where", JSON.stringify(where));
     this.#token = token;
     this.#fetch = fetcher || globalThis.fetch.bind(globalThis);
     this.#onReset = onReset;
@@ -163,8 +165,10 @@ class Feed {
             }
             if (frame.data === undefined) {
               // The opening frame: its id is where this stream starts, a resume point
-              // before any event (so a feed cut before its first event loses nothing).
-              if (this.#lastEventId === null && frame.id) this.#lastEventId = frame.id;
+              // before any event (so a feed cut before its first event loses nothing);
+              // a filtered stream's id-only frame: how far it has passed over events it
+              // left out.
+              if (frame.id) this.#lastEventId = frame.id;
               continue;
             }
             if (frame.event === "reset") {

@@ -25,6 +25,8 @@ export interface ResetFrame {
 export interface FeedOptions {
   /** Start after this id (`"0"`: from the first event); without it, at the live tail. */
   after?: string | number | null;
+  /** Only the events whose data contains this object (PostgreSQL's `data @> where`). */
+  where?: Record<string, unknown> | null;
   /** A bearer token, or a function returning one, called on every connect. */
   token?: string | (() => string | Promise<string>);
   /** The fetch to use (a custom one in Node, for proxies or TLS settings). */

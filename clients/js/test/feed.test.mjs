@@ -46,6 +46,24 @@ describe("against the service", { skip: NO_SERVICE, timeout: 120_000 }, () => {
     }
   });
 
+  test("a filtered feed: its events only, and its resume point passes the others", async () => {
+    const quick = await new Service({ CHANGEFEED_KEEPALIVE_SECONDS: "0.3" }).start();
+    const topic = newTopic();
+    try {
+      const odd = feed(`${quick.url}/feeds/${topic}`, { after: 0, where: { odd: true } });
+      const got = collect(odd);
+      await quick.publish(topic, range(1, 20).map((n) => ({ type: "t", data: { n, odd: n % 2 === 1 } })));
+      await got.count(10);
+      assert.deepEqual(ns(got.seen), range(1, 20).filter((n) => n % 2 === 1));
+      // The last event (19) is behind the stream's position (20): the id-only frame with the
+      // next keep-alive moves the feed's resume point there.
+      await until(() => odd.lastEventId?.startsWith("20."), "the id of seq 20");
+      odd.close();
+    } finally {
+      await quick.stop();
+    }
+  });
+
   test("a feed cut before its first event loses nothing", async () => {
     const topic = newTopic();
     await open.publish(topic, events(1, 2));
