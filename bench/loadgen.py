@@ -3,6 +3,8 @@
     python bench/loadgen.py --port P --path /feeds/t --subscribers 1000 --seconds 20 \
         [--sample 100] [--ready-file F] > result.json
 
+``{i}`` in the path is replaced by each subscriber's number.
+
 Opens N connections with a bare HTTP/1.1 GET (no client library), counts event frames on
 every connection (bytes.count in C), and on ``--sample`` of them parses the publisher's
 send time ``"t": <ns>`` from each event to measure latency. Writes one JSON object: frames
@@ -83,13 +85,14 @@ async def main() -> None:
 
     loop = asyncio.get_running_loop()
     extra = "".join(f"{h}\r\n" for h in args.header)
-    request = (
-        f"GET {args.path} HTTP/1.1\r\nHost: {args.host}:{args.port}\r\n"
-        f"Accept: text/event-stream\r\n{extra}\r\n"
-    ).encode()
     latencies: list[int] = []
     subscribers: list[Subscriber] = []
     for i in range(args.subscribers):
+        # "{i}" in the path: each subscriber its own (a filter per subscriber, say).
+        request = (
+            f"GET {args.path.replace('{i}', str(i))} HTTP/1.1\r\nHost: {args.host}:{args.port}"
+            f"\r\nAccept: text/event-stream\r\n{extra}\r\n"
+        ).encode()
         sub = Subscriber(request, i < args.sample, latencies)
         await loop.create_connection(lambda s=sub: s, args.host, args.port)  # type: ignore[misc]
         subscribers.append(sub)

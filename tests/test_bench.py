@@ -20,6 +20,7 @@ from tests.support import REPO
         "retention.py",
         "writes.py",
         "client_size.py",
+        "filters.py",
         "backfill.py",
     ],
 )

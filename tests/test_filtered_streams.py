@@ -15,7 +15,7 @@ import httpx
 import pytest
 from httpx_sse import aconnect_sse
 
-from tests.support import Service, new_topic
+from tests.support import Service, metrics, new_topic, wait_for
 
 SEED = random.randrange(1 << 30)
 
@@ -157,3 +157,35 @@ async def test_a_bad_filter_is_refused_before_the_stream_opens(
         response = await client.get(url, params={"where": '{"a": ', "topic": "x"})
         assert response.status_code == 400, response.text
         assert "where" in response.json()["detail"]
+
+
+async def test_a_read_is_offered_only_to_the_filters_that_take_its_events(
+    client: httpx.AsyncClient,
+) -> None:
+    """The fast path: thirty subscribers with a tenant each; ten events for one tenant
+    reach its subscriber, and no other is handed anything (a batch per read to every
+    filtered subscriber was the first version: 30 offers a read)."""
+    topic = new_topic("fast")
+    await _publish(client, topic, 1, 1)
+    before = await metrics(client)
+    streams = []
+    for n in range(30):
+        streams.append(
+            asyncio.create_task(
+                _read(client, topic, {"tenant": f"x{n}"}, "1", until_seq=11, stop_after=10)
+            )
+        )
+    await wait_for(lambda: _open(client, 30), timeout=10)
+    for n in range(10):
+        response = await client.post(f"/feeds/{topic}", json={"data": {"tenant": "x0", "n": n}})
+        assert response.status_code == 202
+    first, *others = await asyncio.gather(*streams)
+    assert first[0] == list(range(2, 12))
+    assert all(seqs == [] for seqs, _ in others)
+    after = await metrics(client)
+    offers = after["changefeed_filtered_offers_total"] - before["changefeed_filtered_offers_total"]
+    assert 1 <= offers <= 10, offers
+
+
+async def _open(client: httpx.AsyncClient, streams: int) -> bool:
+    return (await metrics(client))["changefeed_open_streams"] >= streams

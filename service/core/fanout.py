@@ -46,10 +46,41 @@ class Batch:
     data: bytes
     count: int
     tail_id: bytes | None = None
+    # For a filter's batch: from here to ``first`` the feed read nothing the filter takes,
+    # so a stream of that filter anywhere in between continues with this batch.
+    quiet_from: int = -1
 
     def continues(self, last: int) -> bool:
-        """Whether this batch starts right after position ``last`` (the hand-over rule)."""
-        return self.first == last + 1
+        """Whether this batch starts right after position ``last`` (the hand-over rule),
+        or, for a filter's batch, after a stretch in which the filter took nothing."""
+        if self.quiet_from < 0:
+            return self.first == last + 1
+        return self.quiet_from <= last + 1 <= self.first
+
+
+class Group:
+    """The subscribers of one feed with one filter (and frame format): offered a batch only
+    when a read holds an event the filter takes, so that a read costs nothing for the
+    thousands of subscribers whose filter took nothing.
+
+    Their positions then lag the feed's: ``quiet_after`` is where the group's last batch
+    ended (or the feed's position when the group began), and the feed has read nothing the
+    filter takes since. A subscriber whose position is at or past it has, in effect, read
+    up to the feed's position: its next batch continues from it (``Batch.quiet_from``), and
+    the stream may move itself to the feed's position when it wakes (``in_step``)."""
+
+    __slots__ = ("key", "quiet_after", "subscribers")
+
+    def __init__(self, key: tuple[Where, bool], quiet_after: int | None) -> None:
+        self.key = key
+        self.subscribers: set[Subscription] = set()
+        # None until the feed has a position: the first batch then continues strictly.
+        self.quiet_after = quiet_after
+
+    def in_step(self, last: int) -> bool:
+        """Whether a subscriber at ``last`` has missed nothing the filter takes up to the
+        feed's position."""
+        return self.quiet_after is not None and last >= self.quiet_after
 
 
 class Subscription:
@@ -65,6 +96,7 @@ class Subscription:
         "closed",
         "direct",
         "feed",
+        "group",
         "keepalive_due",
         "last",
         "message",
@@ -86,8 +118,10 @@ class Subscription:
         where: Where | None = None,
     ) -> None:
         self.feed = feed
-        # Only the events whose data contains it (filters.py).
+        # Only the events whose data contains it (filters.py), and the subscribers that
+        # share it (set by the hub).
         self.where = where
+        self.group: Group | None = None
         # A filtered stream's position when its client has not been sent its id yet (its
         # last frames ended before it): sent as an id-only frame with the next keep-alive,
         # so that a reconnect does not scan again what the stream has passed.
@@ -143,6 +177,11 @@ class Subscription:
         if batch.count or batch.tail_id is not None:
             self.resume_id = batch.tail_id
 
+    @property
+    def parked(self) -> bool:
+        """Whether the stream's task waits with nothing pending (the hub owns ``last``)."""
+        return self._waiter is not None and not self._pending
+
     def write_parked(self, data: bytes) -> bool:
         """Write ``data`` to the connection if the stream's task is parked with nothing
         pending (so that no write of its own can interleave); False if it was not. Empty
@@ -189,10 +228,37 @@ class Subscription:
             waiter.set_result(None)
 
 
+def catch_up(sub: Subscription) -> None:
+    """A filtered subscriber in step with its group has read, in effect, up to the feed's
+    position: move it there (with that position's id to send), so that it does not read
+    the table for what its filter would not take. Called by whoever owns ``sub.last``."""
+    feed, group = sub.feed, sub.group
+    if (
+        group is not None
+        and feed.fetched is not None
+        and feed.fetched > sub.last
+        and group.in_step(sub.last)
+        and feed.fetched_id is not None
+    ):
+        sub.last = feed.fetched
+        sub.resume_id = feed.fetched_id
+
+
 class Feed:
     """One topic fanned out by this replica."""
 
-    __slots__ = ("fetched", "filtered", "index", "known", "messages", "subscribers", "topic")
+    __slots__ = (
+        "fetched",
+        "fetched_id",
+        "filtered",
+        "groups",
+        "index",
+        "known",
+        "messages",
+        "plain",
+        "subscribers",
+        "topic",
+    )
 
     def __init__(self, topic: str) -> None:
         # A topic, or GLOBAL for the feed of all topics by global position.
@@ -200,9 +266,14 @@ class Feed:
         self.subscribers: set[Subscription] = set()
         # How many of them take `message` frames (so that each read builds what is needed).
         self.messages = 0
-        # How many of them have a filter, and those filters, indexed (built when needed).
+        # How many of them have a filter; those without; those with, by filter (and frame
+        # format); their filters, indexed (built when needed).
         self.filtered = 0
+        self.plain: set[Subscription] = set()
+        self.groups: dict[tuple[Where, bool], Group] = {}
         self.index: filters.Index | None = None
+        # The id of the event at `fetched`, for filtered streams' resume points.
+        self.fetched_id: bytes | None = None
         # The last seq read from the table and offered; None until the first head read.
         self.fetched: int | None = None
         # The highest head any hint or check reported.
@@ -277,7 +348,16 @@ class Hub:
         feed.messages += message
         if where is not None:
             feed.filtered += 1
-            feed.index = None
+        if where is None or topic == GLOBAL:
+            # (A multi-topic read is offered to each of its subscribers: _offer_selected.)
+            feed.plain.add(sub)
+        else:
+            group = feed.groups.get((where, message))
+            if group is None:
+                group = feed.groups[where, message] = Group((where, message), feed.fetched)
+                feed.index = None
+            group.subscribers.add(sub)
+            sub.group = group
         self.subscriber_count += 1
         metrics.subscriptions.inc()
         return sub
@@ -287,10 +367,15 @@ class Hub:
         feed = sub.feed
         if sub in feed.subscribers:
             feed.subscribers.discard(sub)
+            feed.plain.discard(sub)
             feed.messages -= sub.message
-            if sub.where is not None:
-                feed.filtered -= 1
-                feed.index = None
+            feed.filtered -= sub.where is not None
+            group = sub.group
+            if group is not None:
+                group.subscribers.discard(sub)
+                if not group.subscribers and feed.groups.get(group.key) is group:
+                    del feed.groups[group.key]
+                    feed.index = None
             self.subscriber_count -= 1
             metrics.subscriptions.dec()
             if sub.subject:
@@ -306,6 +391,9 @@ class Hub:
         """A head read from the table: starts a new feed there, or tells an old one to catch up."""
         if feed.fetched is None:
             feed.fetched = head
+            for group in feed.groups.values():
+                if group.quiet_after is None:
+                    group.quiet_after = head
         self._raise_known(feed, head)
 
     # -- hints ---------------------------------------------------------------------------
@@ -430,12 +518,12 @@ class Hub:
                 first = read.first if read.count else feed.fetched + 1
                 batch = Batch(first, covered, read.data, read.count)
                 messages = Batch(first, covered, read.message, read.count)
-                chosen = self._filtered(feed, read, first, covered) if feed.filtered else {}
-                for sub in feed.subscribers:
-                    if sub.where is not None:
-                        sub.offer(chosen[sub.where, sub.message])
-                    else:
-                        sub.offer(messages if sub.message else batch)
+                for sub in feed.plain:
+                    sub.offer(messages if sub.message else batch)
+                if read.count:
+                    feed.fetched_id = frames.position_id(covered, read.last_hash).encode()
+                if feed.filtered and read.count:
+                    self._offer_filtered(feed, read, first, covered)
                 now = time.time()
                 for published in read.published:
                     metrics.delivery_latency.observe(max(0.0, now - published))
@@ -445,34 +533,38 @@ class Hub:
             feed.fetched = covered
             feed.known = max(feed.known, covered)
 
-    def _filtered(
-        self, feed: Feed, read: events.Frames, first: int, covered: int
-    ) -> dict[tuple[Where, bool], Batch]:
-        """The batch of each distinct filter (and frame format) among the feed's filtered
-        subscribers: each event's data parsed once, and the filters it matches looked up
-        (filters.Index), never tried once per subscriber."""
+    def _offer_filtered(self, feed: Feed, read: events.Frames, first: int, covered: int) -> None:
+        """Offer a read to the groups whose filter takes some of its events, and to no
+        other: each event's data parsed once, the filters it matches looked up
+        (filters.Index), never tried once per subscriber, and a group with nothing here
+        not touched at all (its subscribers continue from its quiet stretch)."""
         if feed.index is None:
-            feed.index = filters.Index(s.where for s in feed.subscribers if s.where)
+            feed.index = filters.Index(where for where, _ in feed.groups)
         taken: dict[Where, list[int]] = {}
         for n, data in enumerate(read.datas):
             for where in feed.index.matching(filters.parse(data)):
                 taken.setdefault(where, []).append(n)
-        tail = frames.position_id(covered, read.last_hash).encode() if read.count else None
-        batches: dict[tuple[Where, bool], Batch] = {}
-        for sub in feed.subscribers:
-            if sub.where is None or (sub.where, sub.message) in batches:
-                continue
-            pieces = read.message_pieces if sub.message else read.typed_pieces
-            picked = taken.get(sub.where, [])
-            batches[sub.where, sub.message] = Batch(
-                first,
-                covered,
-                b"".join(pieces[n] for n in picked),
-                len(picked),
-                # The client's last id is behind the batch's end unless its last event is.
-                None if picked and picked[-1] == len(read.datas) - 1 else tail,
-            )
-        return batches
+        tail = frames.position_id(covered, read.last_hash).encode()
+        for where, picked in taken.items():
+            for message in (False, True):
+                group = feed.groups.get((where, message))
+                if group is None:
+                    continue
+                pieces = read.message_pieces if message else read.typed_pieces
+                quiet = first if group.quiet_after is None else group.quiet_after + 1
+                batch = Batch(
+                    first,
+                    covered,
+                    b"".join(pieces[n] for n in picked),
+                    len(picked),
+                    # The client's last id is behind the batch's end unless its last event is.
+                    None if picked[-1] == len(read.datas) - 1 else tail,
+                    min(quiet, first),
+                )
+                group.quiet_after = covered
+                metrics.filtered_offers.inc(len(group.subscribers))
+                for sub in group.subscribers:
+                    sub.offer(batch)
 
     def _offer_selected(
         self, feed: Feed, rows: list[asyncpg.Record], covered: int, lost: dict[str, int]
@@ -513,8 +605,9 @@ class Hub:
             await asyncio.sleep(self._keepalive_seconds)
             for feed in list(self._feeds.values()):
                 for sub in feed.subscribers:
-                    resume = sub.resume_id
-                    if sub.write_parked(frames.keepalive(resume)):
+                    if sub.parked and sub.group is not None:
+                        catch_up(sub)
+                    if sub.write_parked(frames.keepalive(sub.resume_id)):
                         sub.resume_id = None
                     else:
                         sub.keepalive_due = True

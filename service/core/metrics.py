@@ -53,6 +53,12 @@ direct_writes = _Count(
 fast_publishes = _Count(
     "changefeed_fast_publishes", "Publishes answered by the fast path, below the framework"
 )
+# Offers of a live batch to filtered subscribers: only to those whose filter took some of
+# the batch's events (a test fails if every filtered subscriber is offered every batch).
+filtered_offers = _Count(
+    "changefeed_filtered_offers",
+    "Live batches offered to filtered subscribers (only those whose filter took an event)",
+)
 fallbacks = Counter(
     "changefeed_slow_consumer_fallbacks",
     "Times a subscriber's buffer overflowed and it fell back to paging from the table",

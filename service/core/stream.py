@@ -22,7 +22,7 @@ from .. import logs
 from . import events, frames, metrics
 from .database import UNAVAILABLE, Database
 from .events import AfterHead
-from .fanout import GLOBAL, Batch, Hub, Subscription
+from .fanout import GLOBAL, Batch, Hub, Subscription, catch_up
 from .filters import Where
 from .topics import Selector
 
@@ -341,6 +341,11 @@ async def _frames(
                 data = b"".join(batch.data for batch in ready)
                 if data:
                     yield data
+            if not (behind or gap) and sub.group is not None:
+                # In step with its filter's group: up to the feed's position (fanout.Group).
+                sub.last = last
+                catch_up(sub)
+                last = sub.last
             behind = behind or gap
             fetched = sub.feed.fetched
             if behind or (fetched is not None and last < fetched):
