@@ -94,7 +94,7 @@ def oracle_database(admin_url: str, template: str) -> str:
 
 
 @pytest.mark.slow
-@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
 def test_containment_is_postgresqls(oracle_database: str, data: st.DataObject) -> None:
     pairs = []
@@ -160,7 +160,7 @@ def test_bad_filters_are_refused(text: str, problem: str) -> None:
 
 
 @pytest.mark.slow
-@settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
 def test_a_request_and_its_grants_combine_as_postgresql_ands_them(
     oracle_database: str, data: st.DataObject
