@@ -12,6 +12,10 @@ Two measurements:
 - **in the replica**: the fan-out's selection for one read of 100 events with N distinct
   filters, as the hub does it (each event parsed once, filters looked up through
   filters.Index) against the naive way (every subscriber's filter tried on every event).
+- **an index on data** (``--index``): a topic of ``--events`` events; a catch-up through
+  all of it with a selective filter (one tenant in 1000) and an unselective one (half the
+  events), page by page as a stream does, without and with a GIN ``jsonb_path_ops`` index
+  on ``events.data``; and what the index costs sequencing (events numbered per second).
 """
 
 from __future__ import annotations
@@ -26,11 +30,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import asyncpg
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from bench.run import children, cpu_seconds, http_post, start_loadgen  # noqa: E402
-from changefeed.core import filters  # noqa: E402
+from changefeed.core import events, filters  # noqa: E402
 from changefeed.ops import migrate  # noqa: E402
 from changefeed.ops.cluster import Cluster, free_port  # noqa: E402
 from tests.support import Service, create_database, temporary_cluster  # noqa: E402
@@ -114,11 +120,61 @@ async def end_to_end(
     }
 
 
+async def sequence_all(conn: asyncpg.Connection) -> float:
+    """Number everything in the inbox; seconds taken."""
+    began = time.perf_counter()
+    while (await conn.fetchrow("SELECT * FROM changefeed.sequence(10000)"))["consumed"]:
+        pass
+    return time.perf_counter() - began
+
+
+async def catch_up(conn: asyncpg.Connection, topic: str, where: filters.Where, head: int) -> float:
+    """Seconds to page through the whole topic with a filter, as a stream catches up."""
+    after, began = 0, time.perf_counter()
+    while after < head:
+        _, after = await events.filtered_frames_page(conn, topic, after, 1000, where, head)
+    return time.perf_counter() - began
+
+
+async def index(url: str, count: int) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        publish = (
+            "SELECT changefeed.publish($1, 'order', jsonb_build_object("
+            "'tenant', 't' || (i % 1000), 'half', i % 2 = 0, 'n', i)) "
+            "FROM generate_series(1, $2) i"
+        )
+        await conn.execute(publish, "indexed", count)
+        plain = await sequence_all(conn)
+        head = await events.head(conn, "indexed")
+        await conn.execute("VACUUM ANALYZE changefeed.events")
+        selective = filters.checked({"tenant": "t7"})
+        unselective = filters.checked({"half": True})
+        rows = {"events": count, "sequencing_per_s": round(count / plain)}
+        for name, where in (("selective", selective), ("unselective", unselective)):
+            rows[f"{name}_catch_up_s"] = round(await catch_up(conn, "indexed", where, head), 2)
+        await conn.execute(
+            "CREATE INDEX events_data ON changefeed.events USING gin (data jsonb_path_ops)"
+        )
+        await conn.execute("ANALYZE changefeed.events")
+        for name, where in (("selective", selective), ("unselective", unselective)):
+            seconds = await catch_up(conn, "indexed", where, head)
+            rows[f"{name}_catch_up_with_index_s"] = round(seconds, 2)
+        await conn.execute(publish, "indexed2", count)
+        rows["sequencing_with_index_per_s"] = round(count / await sequence_all(conn))
+        print(json.dumps({"index": rows}), flush=True)
+    finally:
+        await conn.close()
+
+
 async def run(args: argparse.Namespace, cluster: Cluster) -> None:
-    for n in args.subscribers:
-        print(json.dumps({"in_replica": n, **in_replica(n)}), flush=True)
     url = await create_database(cluster.url_for("postgres"))
     await asyncio.to_thread(migrate.upgrade, url)
+    if args.index:
+        await index(url, args.events)
+        return
+    for n in args.subscribers:
+        print(json.dumps({"in_replica": n, **in_replica(n)}), flush=True)
     env = {"CHANGEFEED_MAX_STREAMS": "50000", "CHANGEFEED_SUBJECT_MAX_STREAMS": "50000"}
     with Service(url, env=env) as service:
         postmaster = cluster_pids(cluster)
@@ -142,6 +198,8 @@ def main() -> None:
     )
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--index", action="store_true", help="measure a GIN index on data")
+    parser.add_argument("--events", type=int, default=1_000_000, help="for --index")
     args = parser.parse_args()
     with temporary_cluster("changefeed-bench-", tcp_port=free_port()) as cluster:
         asyncio.run(run(args, cluster))
