@@ -233,13 +233,25 @@ async def filtered_page(
     and the seq the read covered: up to the last event if it returned ``limit``, else as
     far as it scanned, and never past ``head`` (read before, so that the read's snapshot
     holds everything up to it)."""
-    window = max(limit * SCAN_PER_EVENT, MIN_SCAN)
+    window = _window(limit)
     rows: list[asyncpg.Record] = await db.fetch(
         _FILTERED_PAGE, topic, after, since, limit, where.sql, window
     )
-    if len(rows) >= limit:
-        return FilteredPage(rows, rows[-1]["seq"])
-    return FilteredPage(rows, max(after, min(head, after + window)))
+    last = rows[-1]["seq"] if rows else 0
+    return FilteredPage(rows, _covered(after, head, limit, window, len(rows), last))
+
+
+def _window(limit: int) -> int:
+    """How many seqs a filtered read of ``limit`` events scans at most."""
+    return max(limit * SCAN_PER_EVENT, MIN_SCAN)
+
+
+def _covered(after: int, head: int, limit: int, window: int, found: int, last: int) -> int:
+    """Where a filtered read leaves its reader: after its last event if it found ``limit``
+    (it stopped there), else after what it scanned, never past ``head``."""
+    if found >= limit:
+        return last
+    return max(after, min(head, after + window))
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,14 +309,12 @@ async def filtered_frames_page(
 ) -> tuple[Frames, int]:
     """The events after ``after`` that contain ``where``, as frames (``message`` or typed),
     and the seq the read covered (see ``filtered_page``)."""
-    window = max(limit * SCAN_PER_EVENT, MIN_SCAN)
+    window = _window(limit)
     row = await db.fetchrow(
         _FRAMES_FILTERED, topic, after, limit, not message, message, False, where.sql, window
     )
     page = _frames(row)
-    if page.count >= limit:
-        return page, page.last
-    return page, max(after, min(head, after + window))
+    return page, _covered(after, head, limit, window, page.count, page.last)
 
 
 def _frames(row: asyncpg.Record | None) -> Frames:

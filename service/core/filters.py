@@ -33,6 +33,9 @@ from .topics import InvalidInput
 # request and evaluated for every event, so it stays small.
 MAX_BYTES = 4096
 MAX_DEPTH = 16
+# An object or array inside a filter's array is compared with each of the event array's
+# objects or arrays: few of them keep that within a few comparisons per element of the event.
+MAX_ARRAY_CONTAINERS = 8
 # The inbox refuses numbers of 1e4300 or more (changefeed.event_ok), and PostgreSQL's
 # numeric holds at most 16383 digits after the point: a filter's numbers stay within what an
 # event can hold (others could match nothing, and would fail in SQL).
@@ -154,6 +157,7 @@ def checked(pattern: Json, name: str = "where") -> Where:
     if not isinstance(pattern, dict):
         raise InvalidInput(f'{name} must be a JSON object, such as {{"tenant": "acme"}}')
     pending: list[tuple[int, Json]] = [(1, pattern)]
+    containers = 0
     while pending:
         depth, value = pending.pop()
         if depth > MAX_DEPTH:
@@ -161,6 +165,11 @@ def checked(pattern: Json, name: str = "where") -> Where:
         if isinstance(value, dict):
             pending.extend((depth + 1, item) for item in [*value, *value.values()])
         elif isinstance(value, list):
+            containers += sum(isinstance(item, dict | list) for item in value)
+            if containers > MAX_ARRAY_CONTAINERS:
+                raise InvalidInput(
+                    f"{name} holds more than {MAX_ARRAY_CONTAINERS} objects or arrays inside arrays"
+                )
             pending.extend((depth + 1, item) for item in value)
         elif isinstance(value, str) and not _storable(value):
             raise InvalidInput(
@@ -198,12 +207,15 @@ def contains(data: Json, pattern: Json) -> bool:
     if isinstance(pattern, list):
         if not isinstance(data, list):
             return False
+        # The data's scalars as a set: a filter's scalars cost one lookup each, however long
+        # the event's array (trying each against each was quadratic in what clients send).
+        scalars = {scalar_key(item) for item in data if _is_scalar(item)}
         for wanted in pattern:
             if isinstance(wanted, dict | list):
                 kind = type(wanted)
                 if not any(type(item) is kind and contains(item, wanted) for item in data):
                     return False
-            elif not any(_scalar_equal(item, wanted) for item in data):
+            elif scalar_key(wanted) not in scalars:
                 return False
         return True
     return _scalar_equal(data, pattern)
